@@ -1,0 +1,200 @@
+"""OPT checkpoints: HuggingFace directories in, jax_flashllm (possibly sparsified) models in and out.
+
+- ``load_pretrained(path)`` reads a local HF checkpoint (config.json + model.safetensors, or a sharded
+  model.safetensors.index.json) with safetensors' numpy backend: no torch, one tensor in memory at a time.
+- ``save_model(model, path)`` / ``load_model(path)`` store an OPTForCausalLM whose Linear layers may have
+  been replaced by SparseLinear, so pruning and encoding happen once.
+
+The model is first built abstractly (``nnx.eval_shape``: no random init of billions of weights), then every
+parameter is filled from the files with its shape asserted; missing or surplus tensors are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SAVED_FORMAT = "jax_flashllm.opt/1"
+# Show a progress bar by default only when reading takes long enough to be worth watching.
+_PROGRESS_BYTES = 256 << 20
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated, or does not match the model's config."""
+
+
+def _shard_files(directory: str) -> list[str]:
+    """The safetensors files of a HF checkpoint directory, single-file or sharded."""
+    single, index = os.path.join(directory, SINGLE_FILE), os.path.join(directory, INDEX_FILE)
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from e
+        files = [os.path.join(directory, name) for name in sorted(set(weight_map.values()))]
+        missing = [f for f in files if not os.path.isfile(f)]
+        if missing:
+            raise CheckpointError(f"{index} names shard(s) that do not exist: {', '.join(missing)}")
+        return files
+    if os.path.isfile(single):
+        return [single]
+    raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory} "
+                            "(only safetensors checkpoints are supported; convert .bin files first)")
+
+
+def _open(file: str):
+    try:
+        return safe_open(file, framework="numpy")
+    except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
+        raise CheckpointError(f"{file}: cannot read safetensors file (truncated or corrupt?): {e}") from e
+
+
+def _read(handle, file: str, key: str) -> np.ndarray:
+    try:
+        return handle.get_tensor(key)
+    except Exception as e:
+        raise CheckpointError(f"{file}: cannot read tensor {key!r} (truncated file?): {e}") from e
+
+
+def _progress(total: int, nbytes: int, progress: bool | None, desc: str):
+    from tqdm.auto import tqdm
+    show = nbytes >= _PROGRESS_BYTES if progress is None else progress
+    return tqdm(total=total, desc=desc, unit="tensor", disable=not show)
+
+
+def _abstract_model(config: OPTConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
+    model = nnx.eval_shape(lambda: OPTForCausalLM(config, rngs=nnx.Rngs(0), dtype=dtype))
+    return nnx.split(model)
+
+
+def _hf_target(key: str, flat: dict) -> tuple[tuple, bool] | None:
+    """Map a HF tensor name to (nnx state path, transpose?); None for tensors that are tied or unused."""
+    parts = key.split(".")
+    if parts[0] == "model":
+        parts = parts[1:]
+    if parts[0] == "lm_head":
+        return None  # tied to embed_tokens
+    if parts[0] != "decoder":
+        raise CheckpointError(f"unexpected tensor {key!r} in an OPT checkpoint")
+    module = tuple(int(p) if p.isdigit() else p for p in parts[1:-1])
+    if parts[-1] == "bias":
+        return module + ("bias",), False
+    if parts[-1] == "weight":
+        # The same HF name "weight" is a Linear kernel (stored transposed), an embedding or a LayerNorm scale.
+        for leaf, transpose in (("kernel", True), ("embedding", False), ("scale", False)):
+            if module + (leaf,) in flat:
+                return module + (leaf,), transpose
+    raise CheckpointError(f"tensor {key!r} has no counterpart in the model (wrong config.json?)")
+
+
+def load_pretrained(path: str | os.PathLike, dtype=jnp.float16, *, progress: bool | None = None
+                    ) -> OPTForCausalLM:
+    """Load a local HuggingFace OPT checkpoint directory as an OPTForCausalLM with parameters in ``dtype``.
+
+    Keys with or without the "model." prefix are accepted; ``lm_head.weight`` is ignored (tied). Raises
+    FileNotFoundError for a missing config/weights file and CheckpointError for a truncated file, a shape
+    that disagrees with config.json, or a missing/unexpected tensor. ``progress``: tqdm bar (default: only
+    for checkpoints over 256 MiB).
+    """
+    directory = os.fspath(path)
+    config = OPTConfig.from_json(directory)
+    files = _shard_files(directory)
+    graphdef, state = _abstract_model(config, dtype)
+    flat = dict(nnx.to_flat_state(state))
+    filled: dict[tuple, str] = {}
+    handles = [(file, _open(file)) for file in files]
+    total = sum(len(h.keys()) for _, h in handles)
+    nbytes = sum(os.path.getsize(file) for file in files)
+    with _progress(total, nbytes, progress, f"loading {os.path.basename(directory.rstrip('/'))}") as bar:
+        for file, handle in handles:
+            for key in handle.keys():
+                bar.update(1)
+                target = _hf_target(key, flat)
+                if target is None:
+                    continue
+                leaf, transpose = target
+                if leaf in filled:
+                    raise CheckpointError(f"{key!r} in {file} duplicates {filled[leaf]!r}")
+                array = _read(handle, file, key)
+                expected = flat[leaf].shape[::-1] if transpose else flat[leaf].shape  # in HF orientation
+                if array.shape != expected:
+                    raise CheckpointError(f"{file}: {key} has shape {list(array.shape)}, "
+                                          f"config.json implies {list(expected)}")
+                array = array.T if transpose else array
+                flat[leaf].value = jnp.asarray(array, dtype=flat[leaf].dtype)
+                filled[leaf] = key
+    missing = [".".join(map(str, p)) for p in flat if p not in filled]
+    if missing:
+        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} tensor(s): {', '.join(missing[:8])}")
+    return nnx.merge(graphdef, state)
+
+
+def _key(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
+    """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
+
+    Sparse layers are stored in their encoded form (values, locations, tile_offsets), so loading skips the
+    pruning and the encoding.
+    """
+    from jax_flashllm.nn import SparseLinear
+
+    directory = os.fspath(path)
+    os.makedirs(directory, exist_ok=True)
+    sparse = {_key(p): m.spec() for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)}
+    tensors = {_key(p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(model))}
+    meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name, "sparse_layers": json.dumps(sparse)}
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(model.config.to_dict(), f, indent=2)
+    save_file(tensors, os.path.join(directory, SINGLE_FILE), metadata=meta)
+
+
+def load_model(path: str | os.PathLike) -> OPTForCausalLM:
+    """Load a model written by ``save_model`` (dense or sparsified), every shape checked."""
+    from jax_flashllm.nn import SparseLinear
+
+    directory = os.fspath(path)
+    config = OPTConfig.from_json(directory)
+    file = os.path.join(directory, SINGLE_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no {SINGLE_FILE} in {directory}")
+    handle = _open(file)
+    meta = handle.metadata() or {}
+    if meta.get("format") != SAVED_FORMAT:
+        raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
+                              f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
+    model = nnx.eval_shape(lambda: OPTForCausalLM(config, rngs=nnx.Rngs(0), dtype=meta["dtype"]))
+    modules = dict(nnx.iter_graph(model))
+    for name, spec in json.loads(meta["sparse_layers"]).items():
+        parent_path, _, attr = name.rpartition(".")
+        parent = modules[tuple(int(p) if p.isdigit() else p for p in parent_path.split("."))]
+        setattr(parent, attr, SparseLinear.abstract(spec))
+    graphdef, state = nnx.split(model)
+    flat = dict(nnx.to_flat_state(state))
+    keys = set(handle.keys())
+    for leaf, var in flat.items():
+        key = _key(leaf)
+        if key not in keys:
+            raise CheckpointError(f"{file} lacks tensor {key!r}")
+        array = _read(handle, file, key)
+        if array.shape != var.shape or array.dtype != var.dtype:
+            raise CheckpointError(f"{file}: {key} is {array.dtype}{list(array.shape)}, "
+                                  f"expected {var.dtype}{list(var.shape)}")
+        var.value = jnp.asarray(array)
+        keys.discard(key)
+    if keys:
+        raise CheckpointError(f"{file} has unexpected tensor(s): {', '.join(sorted(keys)[:8])}")
+    return nnx.merge(graphdef, state)

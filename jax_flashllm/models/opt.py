@@ -1,0 +1,308 @@
+"""Meta's OPT decoder (all sizes, 125m to 175b) in flax.nnx, with an explicit KV cache.
+
+Two call styles share one decoder:
+- ``model(input_ids, attention_mask)`` -> logits (B, T, V) float32, a plain forward equal to
+  HuggingFace transformers' ``OPTForCausalLM`` on the same checkpoint;
+- ``model.decode(input_ids, cache, index, token_valid)`` -> (hidden, cache), which writes the new keys and
+  values into cache slots [index, index + T) and attends over the whole cache; generation is built on it.
+
+Every projection is an ``nnx.Linear`` so that ``jax_flashllm.nn.sparsify`` can swap any of them for a
+``SparseLinear``; the embeddings and the LM head (tied to the token embedding) stay dense.
+
+Einsum letters: B batch, T query tokens, S key slots, H heads, D head dim, M hidden, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# OPT stores learned positions with two leading rows (a fairseq leftover): position p is row p + 2.
+POSITION_OFFSET = 2
+# The OPT tokenizer has 50265 entries; the embedding has 50272 rows (padded to a multiple of 8).
+OPT_TOKENIZER_VOCAB = 50265
+
+_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "gelu_new": jax.nn.gelu, "silu": jax.nn.silu}
+
+# (hidden, layers, heads, ffn) of the published checkpoints; opt-350m is the post-LayerNorm one.
+_SIZES = {
+    "opt-125m": (768, 12, 12, 3072),
+    "opt-350m": (1024, 24, 16, 4096),
+    "opt-1.3b": (2048, 24, 32, 8192),
+    "opt-2.7b": (2560, 32, 32, 10240),
+    "opt-6.7b": (4096, 32, 32, 16384),
+    "opt-13b": (5120, 40, 40, 20480),
+    "opt-30b": (7168, 48, 56, 28672),
+    "opt-66b": (9216, 64, 72, 36864),
+    "opt-175b": (12288, 96, 96, 49152),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class OPTConfig:
+    """OPT hyper-parameters, named as in HuggingFace's ``config.json``.
+
+    ``sampling_vocab_size`` is the number of logits that sampling may pick (the tokenizer's real vocabulary);
+    rows of the embedding beyond it are padding and are masked in ``jax_flashllm.generate``.
+    """
+
+    vocab_size: int = 50272
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    ffn_dim: int = 3072
+    max_position_embeddings: int = 2048
+    word_embed_proj_dim: int = 768
+    do_layer_norm_before: bool = True
+    remove_final_layer_norm: bool = False
+    enable_bias: bool = True
+    layer_norm_elementwise_affine: bool = True
+    activation_function: str = "relu"
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 2
+    eos_token_id: int = 2
+    sampling_vocab_size: int | None = None
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
+                             f"num_attention_heads {self.num_attention_heads}")
+        if self.activation_function not in _ACTIVATIONS:
+            raise ValueError(f"unsupported activation_function {self.activation_function!r}; "
+                             f"known: {sorted(_ACTIVATIONS)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def has_final_layer_norm(self) -> bool:
+        return self.do_layer_norm_before and not self.remove_final_layer_norm
+
+    @property
+    def has_projections(self) -> bool:
+        return self.word_embed_proj_dim != self.hidden_size
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return list(_SIZES)
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "OPTConfig":
+        """The config of a published size: "opt-125m" ... "opt-175b" ("facebook/" prefix allowed)."""
+        key = name.split("/")[-1].lower()
+        if key not in _SIZES:
+            raise ValueError(f"unknown OPT size {name!r}; known: {', '.join(_SIZES)}")
+        hidden, layers, heads, ffn = _SIZES[key]
+        fields = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                      word_embed_proj_dim=hidden, sampling_vocab_size=OPT_TOKENIZER_VOCAB)
+        if key == "opt-350m":
+            fields.update(word_embed_proj_dim=512, do_layer_norm_before=False)
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OPTConfig":
+        """From a HuggingFace config dict; unknown keys are ignored, ``_remove_final_layer_norm`` honoured."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        fields = {k: v for k, v in d.items() if k in known and v is not None}
+        if "_remove_final_layer_norm" in d:
+            fields["remove_final_layer_norm"] = bool(d["_remove_final_layer_norm"])
+        fields.setdefault("word_embed_proj_dim", fields.get("hidden_size", cls.hidden_size))
+        if "sampling_vocab_size" not in fields and fields.get("vocab_size") == 50272:
+            fields["sampling_vocab_size"] = OPT_TOKENIZER_VOCAB
+        return cls(**fields)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> "OPTConfig":
+        """From a HuggingFace ``config.json`` (a file, or a directory holding one)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "config.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"OPT config not found: {path}")
+        with open(path) as f:
+            d = json.load(f)
+        if d.get("model_type", "opt") != "opt":
+            raise ValueError(f"{path}: model_type is {d['model_type']!r}, not 'opt'")
+        return cls.from_dict(d)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model_type"] = "opt"
+        d["_remove_final_layer_norm"] = d.pop("remove_final_layer_norm")
+        return d
+
+
+class KVCache(NamedTuple):
+    """Keys and values of every layer, plus which slots hold a real (non-padding) token.
+
+    k, v: tuples of num_layers arrays (B, S, H, D) in the model dtype; valid: (B, S) bool.
+    """
+
+    k: tuple
+    v: tuple
+    valid: jax.Array
+
+    @classmethod
+    def zeros(cls, config: OPTConfig, batch: int, slots: int, dtype=jnp.float32) -> "KVCache":
+        shape = (batch, slots, config.num_attention_heads, config.head_dim)
+        layers = range(config.num_hidden_layers)
+        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   v=tuple(jnp.zeros(shape, dtype) for _ in layers),
+                   valid=jnp.zeros((batch, slots), bool))
+
+
+def _layer_norm(cfg: OPTConfig, dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Exact two-pass variance: the fast E[x^2]-E[x]^2 form loses the 1e-4 agreement with transformers.
+    affine = cfg.layer_norm_elementwise_affine
+    return nnx.LayerNorm(dim, epsilon=cfg.layer_norm_eps, param_dtype=dtype, use_bias=affine,
+                         use_scale=affine, use_fast_variance=False, rngs=rngs)
+
+
+def _norm(ln: nnx.LayerNorm, x: jax.Array) -> jax.Array:
+    """LayerNorm computed in float32 whatever the activation dtype (fp16 overflows in the variance)."""
+    return ln(x.astype(jnp.float32)).astype(x.dtype)
+
+
+class OPTAttention(nnx.Module):
+    def __init__(self, cfg: OPTConfig, dtype, rngs: nnx.Rngs):
+        m, bias = cfg.hidden_size, cfg.enable_bias
+        def linear():
+            return nnx.Linear(m, m, use_bias=bias, param_dtype=dtype, rngs=rngs)
+        self.q_proj, self.k_proj, self.v_proj, self.out_proj = linear(), linear(), linear(), linear()
+        self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+
+    def __call__(self, x, mask, kv=None, index=None):
+        """x: (B, T, M); mask: (B, T, S) bool; kv: optional cache (k, v), each (B, S, H, D).
+
+        Returns (y (B, T, M), (k, v)); with a cache the new keys/values are written at slots [index, index+T).
+        """
+        b, t, _ = x.shape
+        heads = (b, t, self.num_heads, self.head_dim)
+        # OPT scales q after the projection (bias included), as transformers does.
+        q = self.q_proj(x).reshape(heads) * (self.head_dim ** -0.5)
+        k = self.k_proj(x).reshape(heads)
+        v = self.v_proj(x).reshape(heads)
+        if kv is not None:
+            start = (0, index, 0, 0)
+            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
+            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
+        scores = jnp.einsum("BTHD,BSHD->BHTS", q, k, preferred_element_type=jnp.float32)
+        # A finite minimum keeps rows with no visible key (left padding) finite instead of NaN.
+        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        y = jnp.einsum("BHTS,BSHD->BTHD", probs, v).reshape(b, t, -1)
+        return self.out_proj(y.astype(x.dtype)), (k, v)
+
+
+class OPTDecoderLayer(nnx.Module):
+    def __init__(self, cfg: OPTConfig, dtype, rngs: nnx.Rngs):
+        m = cfg.hidden_size
+        self.pre_ln = cfg.do_layer_norm_before
+        self.act = _ACTIVATIONS[cfg.activation_function]
+        self.self_attn = OPTAttention(cfg, dtype, rngs)
+        self.self_attn_layer_norm = _layer_norm(cfg, m, dtype, rngs)
+        self.fc1 = nnx.Linear(m, cfg.ffn_dim, use_bias=cfg.enable_bias, param_dtype=dtype, rngs=rngs)
+        self.fc2 = nnx.Linear(cfg.ffn_dim, m, use_bias=cfg.enable_bias, param_dtype=dtype, rngs=rngs)
+        self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs)
+
+    def __call__(self, x, mask, kv=None, index=None):
+        """x: (B, T, M) -> (B, T, M), new (k, v). Pre-LN (most sizes) or post-LN (opt-350m)."""
+        h = _norm(self.self_attn_layer_norm, x) if self.pre_ln else x
+        h, kv = self.self_attn(h, mask, kv, index)
+        x = x + h
+        if not self.pre_ln:
+            x = _norm(self.self_attn_layer_norm, x)
+        h = _norm(self.final_layer_norm, x) if self.pre_ln else x
+        x = x + self.fc2(self.act(self.fc1(h)))
+        if not self.pre_ln:
+            x = _norm(self.final_layer_norm, x)
+        return x, kv
+
+
+class OPTForCausalLM(nnx.Module):
+    """OPT with the LM head tied to the token embedding. Parameters in ``dtype`` (float32 by default)."""
+
+    def __init__(self, config: OPTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        cfg = self.config = config
+        self.dtype = jnp.dtype(dtype)
+        dw, m = cfg.word_embed_proj_dim, cfg.hidden_size
+        self.embed_tokens = nnx.Embed(cfg.vocab_size, dw, param_dtype=dtype, rngs=rngs)
+        self.embed_positions = nnx.Embed(cfg.max_position_embeddings + POSITION_OFFSET, m,
+                                         param_dtype=dtype, rngs=rngs)
+        if cfg.has_projections:
+            self.project_in = nnx.Linear(dw, m, use_bias=False, param_dtype=dtype, rngs=rngs)
+            self.project_out = nnx.Linear(m, dw, use_bias=False, param_dtype=dtype, rngs=rngs)
+        else:
+            self.project_in = self.project_out = None
+        self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs) if cfg.has_final_layer_norm else None
+        self.layers = nnx.List([OPTDecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_hidden_layers)])
+
+    def _embed(self, input_ids, positions):
+        """input_ids, positions: (B, T) int32 -> (B, T, M) in the model dtype."""
+        x = self.embed_tokens(input_ids).astype(self.dtype)
+        if self.project_in is not None:
+            x = self.project_in(x)
+        # Position -1 (padding) maps to row 1, as in transformers; padded rows are masked anyway.
+        return x + self.embed_positions(positions + POSITION_OFFSET).astype(self.dtype)
+
+    def _finish(self, x):
+        if self.final_layer_norm is not None:
+            x = _norm(self.final_layer_norm, x)
+        if self.project_out is not None:
+            x = self.project_out(x)
+        return x
+
+    def logits(self, h: jax.Array) -> jax.Array:
+        """Tied LM head. h: (B, T, word_embed_proj_dim) -> logits (B, T, vocab_size) float32."""
+        table = self.embed_tokens.embedding[...]
+        return jnp.einsum("BTM,VM->BTV", h.astype(table.dtype), table, preferred_element_type=jnp.float32)
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """input_ids: (B, T) int; attention_mask: (B, T) 0/1 (left padding) -> (B, T, word_embed_proj_dim)."""
+        valid = jnp.ones(input_ids.shape, bool) if attention_mask is None else attention_mask.astype(bool)
+        positions = jnp.where(valid, jnp.cumsum(valid, axis=-1) - 1, -1)
+        t = input_ids.shape[-1]
+        causal = jnp.tril(jnp.ones((t, t), bool))
+        mask = causal[None] & valid[:, None, :]
+        x = self._embed(input_ids, positions)
+        for layer in self.layers:
+            x, _ = layer(x, mask)
+        return self._finish(x)
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """Plain forward. input_ids: (B, T) int; attention_mask: (B, T) 0/1 -> logits (B, T, vocab) float32."""
+        return self.logits(self.hidden_states(input_ids, attention_mask))
+
+    def decode(self, input_ids: jax.Array, cache: KVCache, index: jax.Array,
+               token_valid: jax.Array | None = None) -> tuple[jax.Array, KVCache]:
+        """Run T new tokens against the cache (prefill: T = prompt length; decode: T = 1).
+
+        input_ids: (B, T) int32, written to cache slots [index, index + T); token_valid: (B, T) bool (False for
+        left padding). Positions continue from the number of valid slots already in the cache.
+        Returns hidden (B, T, word_embed_proj_dim) and the updated cache.
+        """
+        b, t = input_ids.shape
+        if token_valid is None:
+            token_valid = jnp.ones((b, t), bool)
+        start = jnp.sum(cache.valid, axis=-1, keepdims=True, dtype=jnp.int32)
+        positions = jnp.where(token_valid, start + jnp.cumsum(token_valid, axis=-1, dtype=jnp.int32) - 1, -1)
+        valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, index))
+        slots = jnp.arange(valid.shape[1])
+        # Query at slot index+i sees key slots <= index+i that hold a real token.
+        mask = (slots[None, :] <= (index + jnp.arange(t))[:, None])[None] & valid[:, None, :]
+        x = self._embed(input_ids, positions)
+        ks, vs = [], []
+        for layer, k, v in zip(self.layers, cache.k, cache.v):
+            x, (k, v) = layer(x, mask, (k, v), index)
+            ks.append(k)
+            vs.append(v)
+        return self._finish(x), KVCache(tuple(ks), tuple(vs), valid)
