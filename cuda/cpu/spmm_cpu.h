@@ -1,0 +1,30 @@
+// CPU kernel: y (N, M) = x (N, K) @ W^T for W in Tiled-CSL. Knows nothing of XLA.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "cpu/numeric.h"
+#include "cpu/parallel.h"
+
+namespace flashllm::cpu {
+
+struct SpmmProblem {
+  const uint16_t* x;             // (n, k) 16-bit floats, row-major
+  const uint16_t* values;        // (num_entries,) same dtype as x
+  const uint16_t* locations;     // (num_entries,) swizzled in-tile offsets
+  const int32_t* tile_offsets;   // (tiles_m * tiles_k + 1,)
+  uint16_t* y;                   // (n, m) 16-bit floats, row-major
+  int64_t m, k, n;
+  int64_t num_entries;
+  Dtype dtype;
+};
+
+// Checks the parts of the format the kernel's memory safety depends on (tile offsets in range and
+// non-decreasing). Returns an empty string when the problem is safe to run, else the reason.
+std::string check_problem(const SpmmProblem& p);
+
+// Computes the product with fp32 accumulation; work is shared over `num_workers` via `schedule`.
+void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule);
+
+}  // namespace flashllm::cpu

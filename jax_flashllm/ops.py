@@ -1,0 +1,58 @@
+"""The public op: `sparse_dense(x, w, bias)` = x @ w.T (+ bias) with w a Tiled-CSL SparseMatrix."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jax_flashllm import _tiling
+from jax_flashllm.format import SparseMatrix
+from jax_flashllm.primitive import flashllm_spmm_p
+
+__all__ = ["sparse_dense"]
+
+
+def _split_k(m: int, k: int, n: int) -> int:
+    # Decided at trace time from the default device: the workspace it implies is part of the program.
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return 1
+    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132))
+
+
+def sparse_dense(x, w: SparseMatrix, bias=None):
+    """y = x @ w.to_dense().T + bias, reading only w's nonzeros.
+
+    x:    (..., K) float16 | bfloat16, the same dtype as w (any leading dims, none, or zero-size).
+    w:    SparseMatrix of shape (M, K) = (out_features, in_features).
+    bias: optional (M,), added in x's dtype.
+    Returns (..., M) in x's dtype; products are accumulated in float32.
+    Differentiable w.r.t. x and w.values; composes with jit, vmap, scan and while_loop.
+    """
+    if not isinstance(w, SparseMatrix):
+        raise TypeError(f"sparse_dense expects a SparseMatrix weight, got {type(w).__name__}")
+    x = jnp.asarray(x)
+    m, k = w.shape
+    if x.ndim < 1:
+        raise ValueError(f"sparse_dense: x must have shape (..., {k}), got a scalar")
+    if x.shape[-1] != k:
+        raise ValueError(f"sparse_dense: x has {x.shape[-1]} features, the weight {w.shape} expects {k}")
+    if x.dtype != w.values.dtype:
+        raise TypeError(f"sparse_dense: x is {x.dtype} but the weight is {w.values.dtype}; cast one of them "
+                        "(the kernel multiplies equal 16-bit types)")
+    lead = x.shape[:-1]
+    n = math.prod(lead)
+    if n == 0:
+        y = jnp.zeros((*lead, m), x.dtype)
+    else:
+        y, _ = flashllm_spmm_p.bind(x.reshape(n, k), w.values, w.locations, w.tile_offsets,
+                                    m=m, k=k, split_k=_split_k(m, k, n))
+        y = y.reshape(*lead, m)
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != (m,):
+            raise ValueError(f"sparse_dense: bias must have shape ({m},), got {bias.shape}")
+        y = y + bias.astype(y.dtype)
+    return y

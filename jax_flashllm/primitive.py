@@ -1,0 +1,151 @@
+"""The `flashllm_spmm` primitive: shape rule, FFI lowering per platform, batching and autodiff.
+
+    flashllm_spmm(x (N, K), values (P,), locations (P,) uint16, tile_offsets (T+1,) int32;
+                  m, k, split_k) -> (y (N, M) x.dtype, workspace (split_k * N * M_pad,) float32)
+
+The workspace is the CUDA kernel's split-K scratch: a result sized here so the handler allocates
+nothing (empty when split_k == 1). Public code calls `jax_flashllm.sparse_dense`, not this.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from jax_flashllm import _constants as C
+from jax_flashllm import _ffi
+from jax_flashllm.format import SparseMatrix
+
+__all__ = ["flashllm_spmm_p", "spmm", "workspace_size"]
+
+flashllm_spmm_p = Primitive("flashllm_spmm")
+flashllm_spmm_p.multiple_results = True
+
+_FLOAT16 = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
+
+
+def workspace_size(m: int, n: int, split_k: int) -> int:
+    """Float32 elements of split-K scratch: one (N, M_pad) partial per K slice."""
+    m_pad = -(-m // C.TILE_M) * C.TILE_M
+    return split_k * n * m_pad if split_k > 1 else 0
+
+
+def spmm(x, values, locations, tile_offsets, *, m: int, k: int, split_k: int = 1):
+    """y (N, M) = x (N, K) @ W.T for W = (values, locations, tile_offsets) of logical shape (m, k)."""
+    y, _ = flashllm_spmm_p.bind(x, values, locations, tile_offsets, m=int(m), k=int(k), split_k=int(split_k))
+    return y
+
+
+# --- shape rule ---------------------------------------------------------------------------------------
+def _abstract_eval(x, values, locations, tile_offsets, *, m, k, split_k):
+    if x.ndim != 2:
+        raise ValueError(f"flashllm_spmm: x must be 2-D (N, K), got shape {x.shape}")
+    if x.shape[1] != k:
+        raise ValueError(f"flashllm_spmm: x has K = {x.shape[1]}, the weight has K = {k}")
+    if x.dtype not in _FLOAT16:
+        raise TypeError(f"flashllm_spmm: x must be float16 or bfloat16, got {x.dtype}")
+    if values.dtype != x.dtype:
+        raise TypeError(f"flashllm_spmm: x is {x.dtype} but the weight values are {values.dtype}")
+    if locations.dtype != np.uint16 or tile_offsets.dtype != np.int32:
+        raise TypeError("flashllm_spmm: locations must be uint16 and tile_offsets int32, got "
+                        f"{locations.dtype} and {tile_offsets.dtype}")
+    if values.ndim != 1 or locations.shape != values.shape:
+        raise ValueError(f"flashllm_spmm: values {values.shape} and locations {locations.shape} must be "
+                         "equal-length 1-D arrays")
+    tiles = -(-m // C.TILE_M) * -(-k // C.TILE_K)
+    if tile_offsets.shape != (tiles + 1,):
+        raise ValueError(f"flashllm_spmm: tile_offsets must have shape ({tiles + 1},) for a ({m}, {k}) "
+                         f"weight, got {tile_offsets.shape}")
+    if split_k < 1:
+        raise ValueError(f"flashllm_spmm: split_k must be >= 1, got {split_k}")
+    n = x.shape[0]
+    return (jax.core.ShapedArray((n, m), x.dtype),
+            jax.core.ShapedArray((workspace_size(m, n, split_k),), jnp.float32))
+
+
+flashllm_spmm_p.def_abstract_eval(_abstract_eval)
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(m, k, split_k):
+    return jax.jit(functools.partial(flashllm_spmm_p.bind, m=m, k=k, split_k=split_k))
+
+
+# Eager calls compile a one-op program, the same path as jit.
+flashllm_spmm_p.def_impl(lambda *args, m, k, split_k: _jitted(m, k, split_k)(*args))
+
+mlir.register_lowering(flashllm_spmm_p, jax.ffi.ffi_lowering(_ffi.CPU_TARGET), platform="cpu")
+mlir.register_lowering(flashllm_spmm_p, jax.ffi.ffi_lowering(_ffi.CUDA_TARGET), platform="cuda")
+
+
+# --- batching: a batch of activations folds into N; a batch of weights loops -----------------------------
+def _batch(args, dims, *, m, k, split_k):
+    x, values, locations, tile_offsets = args
+    bx, bv, bl, bo = dims
+    params = dict(m=m, k=k, split_k=split_k)
+    if bv is None and bl is None and bo is None:
+        x = jnp.moveaxis(x, bx, 0)
+        b, n = x.shape[:2]
+        y, ws = flashllm_spmm_p.bind(x.reshape(b * n, k), values, locations, tile_offsets, **params)
+        return (y.reshape(b, n, m), ws.reshape(b, -1)), (0, 0)
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    moved = [batching.bdim_at_front(a, d, size) for a, d in zip(args, dims)]
+    y, ws = jax.lax.map(lambda a: tuple(flashllm_spmm_p.bind(*a, **params)), tuple(moved))
+    return (y, ws), (0, 0)
+
+
+batching.primitive_batchers[flashllm_spmm_p] = _batch
+
+
+# --- autodiff: bilinear in (x, values) --------------------------------------------------------------
+def _jvp(primals, tangents, *, m, k, split_k):
+    x, values, locations, tile_offsets = primals
+    dx, dvalues = tangents[:2]
+    params = dict(m=m, k=k, split_k=split_k)
+    y, ws = flashllm_spmm_p.bind(*primals, **params)
+    dy = None
+    if type(dx) is not ad.Zero:
+        dy = flashllm_spmm_p.bind(dx, values, locations, tile_offsets, **params)[0]
+    if type(dvalues) is not ad.Zero:
+        term = flashllm_spmm_p.bind(x, dvalues, locations, tile_offsets, **params)[0]
+        dy = term if dy is None else dy + term
+    dy = ad.Zero(jax.typeof(y).to_tangent_aval()) if dy is None else dy
+    return (y, ws), (dy, ad.Zero(jax.typeof(ws).to_tangent_aval()))
+
+
+def _aval(a):
+    return a.aval if ad.is_undefined_primal(a) else jax.typeof(a)
+
+
+def _transpose(cts, x, values, locations, tile_offsets, *, m, k, split_k):
+    ct_y = cts[0]
+    x_aval, v_aval = _aval(x), _aval(values)
+    if ad.is_undefined_primal(x) and ad.is_undefined_primal(values):
+        raise ValueError("flashllm_spmm is bilinear: it cannot be transposed in x and values at once")
+    if type(ct_y) is ad.Zero:
+        return (ad.Zero(x_aval) if ad.is_undefined_primal(x) else None,
+                ad.Zero(v_aval) if ad.is_undefined_primal(values) else None, None, None)
+    w = SparseMatrix._unchecked(values if not ad.is_undefined_primal(values) else jnp.zeros(v_aval.shape, v_aval.dtype),
+                                locations, tile_offsets, (m, k), v_aval.dtype)
+    if ad.is_undefined_primal(x):
+        # dL/dx = g @ W. Densifying costs M*K memory but stays exact; gradients w.r.t. activations are a
+        # training-time path, the kernel serves inference.
+        ct_x = jnp.dot(ct_y, w.to_dense(), preferred_element_type=jnp.float32)
+        return ct_x.astype(x_aval.dtype), None, None, None
+    # dL/dvalues[i] = sum_n g[n, row_i] * x[n, col_i]: the sampled dense-dense product at the stored
+    # positions (padding positions included; they lie in the padded rows/cols when outside (M, K)).
+    rows, cols = w.entry_coords()
+    mp, kp = w.padded_shape
+    g = jnp.pad(ct_y.astype(jnp.float32), ((0, 0), (0, mp - m)))
+    xx = jnp.pad(x.astype(jnp.float32), ((0, 0), (0, kp - k)))
+    ct_v = jnp.einsum("np,np->p", g[:, rows], xx[:, cols])
+    return None, ct_v.astype(v_aval.dtype), None, None
+
+
+ad.primitive_jvps[flashllm_spmm_p] = _jvp
+ad.primitive_transposes[flashllm_spmm_p] = _transpose
