@@ -1,0 +1,113 @@
+// Emulated launch of the CUDA SpMM kernel: the same launcher and kernel source as the CUDA build,
+// compiled for the host with FLASHLLM_EMU. Adds `spmm` and `spmm_configs` to the _flashllm_emu
+// module (the emulation bindings call emu_bind_spmm when this file exists).
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../kernel/dispatch.cuh"
+#include "../kernel/launch_impl.cuh"
+
+namespace nb = nanobind;
+
+namespace flashllm {
+namespace {
+
+template <class T>
+using Vec = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using Mat16 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+
+Dtype parse_dtype(const std::string& name) {
+  if (name == "float16") return Dtype::kFloat16;
+  if (name == "bfloat16") return Dtype::kBfloat16;
+  throw std::invalid_argument("spmm: dtype must be 'float16' or 'bfloat16', got '" + name + "'");
+}
+
+nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_offsets, Mat16 x,
+               int m, int k, const std::string& dtype_name, int split_k, int config) {
+  const Dtype dtype = parse_dtype(dtype_name);
+  if (m < 0 || k < 0) throw std::invalid_argument("spmm: m and k must be >= 0");
+  if (split_k < 1) throw std::invalid_argument("spmm: split_k must be >= 1");
+  if (config < -1 || config >= kNumConfigs) throw std::invalid_argument("spmm: unknown config");
+  if (values.shape(0) != locations.shape(0))
+    throw std::invalid_argument("spmm: values and locations differ in length");
+  if (int64_t(x.shape(1)) != k) throw std::invalid_argument("spmm: x must have shape (N, k)");
+
+  SpmmParams p{};
+  p.x = x.data();
+  p.values = values.data();
+  p.locations = locations.data();
+  p.tile_offsets = tile_offsets.data();
+  p.nnz_padded = int64_t(values.shape(0));
+  p.n = int(x.shape(0));
+  p.m = m;
+  p.k = k;
+  p.split_k = split_k;
+  finalize_params(p);
+  const int64_t tiles = int64_t(p.m_tiles) * p.k_tiles;
+  if (int64_t(tile_offsets.shape(0)) != tiles + 1)
+    throw std::invalid_argument("spmm: tile_offsets must have ceil(m/128)*ceil(k/64)+1 entries");
+
+  auto* y = new uint16_t[size_t(p.n) * size_t(m) + 1]();
+  nb::capsule owner(y, [](void* ptr) noexcept { delete[] static_cast<uint16_t*>(ptr); });
+  // NaN-filled so a reduce that reads a partial nobody wrote shows up in the result.
+  std::vector<float> workspace(
+      split_k > 1 ? size_t(split_k) * size_t(p.n) * size_t(p.m_pad) : 0,
+      std::numeric_limits<float>::quiet_NaN());
+  p.y = y;
+  p.workspace = workspace.empty() ? nullptr : workspace.data();
+
+  std::string err;
+  emu::Stats stats;
+  {
+    nb::gil_scoped_release release;
+    emu::reset_stats();
+    // Every counted global read must stay inside these exact arrays (the emulator checks).
+    emu::GlobalRanges ranges;
+    ranges.add(p.values, size_t(p.nnz_padded) * 2);
+    ranges.add(p.locations, size_t(p.nnz_padded) * 2);
+    ranges.add(p.x, size_t(p.n) * size_t(k) * 2);
+    err = launch_spmm(p, dtype, config, nullptr);
+    stats = emu::stats();
+  }
+  if (!err.empty()) throw std::runtime_error(err);
+
+  nb::dict stats_dict;
+  for (const auto& [name, value] : emu::stats_fields(stats)) stats_dict[name] = value;
+  const int used = config >= 0 ? config : choose_config(p.n);
+  stats_dict["config"] = kConfigTable[used].name;
+  auto out = nb::ndarray<nb::numpy, uint16_t, nb::ndim<2>>(y, {size_t(p.n), size_t(m)}, owner);
+  return nb::make_tuple(out, stats_dict);
+}
+
+// The dispatcher's tiling table, so Python can check its mirror (jax_flashllm/_tiling.py).
+nb::list spmm_configs() {
+  nb::list out;
+  for (const auto& c : kConfigTable) {
+    nb::object max_n = c.max_n < 0 ? nb::none() : nb::cast(c.max_n);
+    out.append(nb::make_tuple(c.name, max_n, c.block_m, c.block_n));
+  }
+  return out;
+}
+
+}  // namespace
+
+void emu_bind_spmm(nb::module_& m) {
+  m.def("spmm", &spmm, nb::arg("values"), nb::arg("locations"), nb::arg("tile_offsets"),
+        nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("dtype"), nb::arg("split_k") = 1,
+        nb::arg("config") = -1,
+        "Runs the CUDA SpMM kernel's source under the host emulation: y (N, m) = x (N, k) @ W^T.\n"
+        "values/locations: (P,) uint16, tile_offsets: (T+1,) int32, x: (N, k) uint16 bits of dtype.\n"
+        "Returns (y (N, m) uint16 bits, stats dict).");
+  m.def("spmm_configs", &spmm_configs,
+        "The kernel's tiling table: [(name, max_n or None, block_m, block_n), ...].");
+}
+
+}  // namespace flashllm
