@@ -109,6 +109,16 @@ class OPTConfig:
         return cls(**fields)
 
     @classmethod
+    def tiny(cls, *, post_ln: bool = False, **overrides) -> "OPTConfig":
+        """A 2-layer OPT (hidden 32, vocab 96) for tests and quick experiments; post_ln=True gives the
+        opt-350m layout (post-LayerNorm, project_in/project_out of width 16, no final LayerNorm)."""
+        fields = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                      max_position_embeddings=64, word_embed_proj_dim=16 if post_ln else 32,
+                      do_layer_norm_before=not post_ln)
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
     def from_dict(cls, d: dict) -> "OPTConfig":
         """From a HuggingFace config dict; unknown keys are ignored, ``_remove_final_layer_norm`` honoured."""
         known = {f.name for f in dataclasses.fields(cls)}

@@ -1,0 +1,163 @@
+"""Compiled text generation for decoder models with an explicit KV cache (OPTForCausalLM).
+
+- ``generate(model, input_ids, ...)``: prefill and the whole decode loop (``lax.while_loop``) in one jitted
+  function; the cache is donated, so XLA updates it in place.
+- ``stream(model, input_ids, ...)``: the step-wise form for streaming: one jitted prefill, then one jitted
+  step per token, yielding each token as it is produced. Same tokens as ``generate``.
+
+Jitted functions take ``nnx.split(model)`` (graphdef static, state traced), never the model itself. Prompts
+are left-padded: ``attention_mask`` (B, T) is 0 on the padding at the start of a row. Finished rows (after
+EOS) are filled with the model's pad id.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jax_flashllm.models.opt import KVCache
+from jax_flashllm.sampling import make_sampler, mask_vocab
+
+__all__ = ["generate", "stream", "prefill", "decode_step"]
+
+_STATIC = ("graphdef", "sampler", "vocab", "eos", "pad")
+
+
+def _next_token(model, h, key, sampler, vocab):
+    """h: (B, 1, D) last hidden state -> (B,) int32 token."""
+    logits = mask_vocab(model.logits(h)[:, 0], vocab)
+    return sampler(logits, key)
+
+
+def _is_eos(token, eos):
+    return token == eos if eos >= 0 else jnp.zeros(token.shape, bool)
+
+
+def _prefill(model, input_ids, valid, cache, key, sampler, vocab, eos):
+    h, cache = model.decode(input_ids, cache, 0, valid)
+    token = _next_token(model, h[:, -1:], jax.random.fold_in(key, 0), sampler, vocab)
+    return token, _is_eos(token, eos), cache
+
+
+def _step(model, i, token, done, cache, key, start, sampler, vocab, eos, pad):
+    """Decode step i >= 1: feed token i-1 (at cache slot start + i - 1), return token i."""
+    h, cache = model.decode(token[:, None], cache, start + i - 1)
+    token = _next_token(model, h, jax.random.fold_in(key, i), sampler, vocab)
+    token = jnp.where(done, pad, token)
+    return token, done | _is_eos(token, eos), cache
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ("max_new_tokens",), donate_argnames=("cache",))
+def _generate(graphdef, state, input_ids, valid, cache, key, *, max_new_tokens, sampler, vocab, eos, pad):
+    model = nnx.merge(graphdef, state)
+    batch, start = input_ids.shape
+    token, done, cache = _prefill(model, input_ids, valid, cache, key, sampler, vocab, eos)
+    out = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
+
+    def cond(carry):
+        i, _, done, _, _ = carry
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        i, token, done, out, cache = carry
+        token, done, cache = _step(model, i, token, done, cache, key, start, sampler, vocab, eos, pad)
+        out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
+        return i + 1, token, done, out, cache
+
+    _, _, _, out, cache = jax.lax.while_loop(cond, body, (jnp.int32(1), token, done, out, cache))
+    # Returning the cache lets XLA alias it to the donated input buffer (nothing to copy).
+    return out, cache
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("cache",))
+def _prefill_jit(graphdef, state, input_ids, valid, cache, key, *, sampler, vocab, eos, pad):
+    del pad
+    return _prefill(nnx.merge(graphdef, state), input_ids, valid, cache, key, sampler, vocab, eos)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("cache",))
+def _step_jit(graphdef, state, i, token, done, cache, key, start, *, sampler, vocab, eos, pad):
+    return _step(nnx.merge(graphdef, state), i, token, done, cache, key, start, sampler, vocab, eos, pad)
+
+
+def _prepare(model, input_ids, attention_mask, max_new_tokens, temperature, top_k, top_p, seed, eos_token_id):
+    """Checks and the static settings shared by generate and stream."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2 or input_ids.shape[1] < 1:
+        raise ValueError(f"input_ids must have shape (B, T) with T >= 1, got {input_ids.shape}")
+    if attention_mask is None:
+        valid = jnp.ones(input_ids.shape, bool)
+    else:
+        valid = jnp.asarray(attention_mask).astype(bool)
+        if valid.shape != input_ids.shape:
+            raise ValueError(f"attention_mask {valid.shape} must match input_ids {input_ids.shape}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    cfg = model.config
+    slots = input_ids.shape[1] + max_new_tokens
+    if slots > cfg.max_position_embeddings:
+        raise ValueError(f"prompt length {input_ids.shape[1]} + max_new_tokens {max_new_tokens} exceeds the "
+                         f"model's {cfg.max_position_embeddings} positions")
+    static = dict(sampler=make_sampler(temperature, top_k, top_p),
+                  vocab=cfg.sampling_vocab_size or cfg.vocab_size,
+                  eos=-1 if eos_token_id is None else int(eos_token_id), pad=int(cfg.pad_token_id))
+    cache = KVCache.zeros(cfg, input_ids.shape[0], slots, model.dtype)
+    return input_ids, valid, cache, jax.random.key(seed), static
+
+
+def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2) -> jax.Array:
+    """Generate up to max_new_tokens tokens after each (left-padded) prompt.
+
+    model: OPTForCausalLM (dense or sparsified). input_ids: (B, T) int; attention_mask: (B, T) 0/1, 0 on the
+    left padding (None: no padding). temperature 0 is greedy; otherwise sampling with top_k (0: off) and
+    top_p (1.0: off), reproducible for a given seed. eos_token_id None or negative: never stop early.
+    Returns (B, max_new_tokens) int32; positions after a row's EOS hold the model's pad id.
+    """
+    input_ids, valid, cache, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
+                                                    temperature, top_k, top_p, seed, eos_token_id)
+    graphdef, state = nnx.split(model)
+    out, _ = _generate(graphdef, state, input_ids, valid, cache, key, max_new_tokens=max_new_tokens, **static)
+    return out
+
+
+def prefill(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
+            top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2) -> dict:
+    """First half of the step-wise API: run the prompt, return a decoding state holding the first token.
+
+    The state (a dict: token (B,) int32, done (B,) bool, cache, step, ...) goes to ``decode_step``.
+    """
+    input_ids, valid, cache, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
+                                                    temperature, top_k, top_p, seed, eos_token_id)
+    graphdef, state = nnx.split(model)
+    token, done, cache = _prefill_jit(graphdef, state, input_ids, valid, cache, key, **static)
+    return dict(graphdef=graphdef, state=state, token=token, done=done, cache=cache, key=key,
+                start=jnp.int32(input_ids.shape[1]), step=1, max_new_tokens=max_new_tokens, static=static)
+
+
+def decode_step(decoding: dict) -> dict:
+    """One jitted decode step: consumes ``decoding`` (its cache is donated) and returns the next state,
+    whose ``token`` is the new (B,) token. Call at most max_new_tokens - 1 times after ``prefill``."""
+    if decoding["step"] >= decoding["max_new_tokens"]:
+        raise ValueError(f"already produced max_new_tokens={decoding['max_new_tokens']} tokens")
+    token, done, cache = _step_jit(decoding["graphdef"], decoding["state"], jnp.int32(decoding["step"]),
+                                   decoding["token"], decoding["done"], decoding["cache"], decoding["key"],
+                                   decoding["start"], **decoding["static"])
+    return {**decoding, "token": token, "done": done, "cache": cache, "step": decoding["step"] + 1}
+
+
+def stream(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2
+           ) -> Iterator[jax.Array]:
+    """Yield each new token (B,) int32 as soon as it is computed; same tokens as ``generate`` with the same
+    arguments. Stops after max_new_tokens tokens or when every row has produced EOS."""
+    decoding = prefill(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id)
+    yield decoding["token"]
+    while decoding["step"] < max_new_tokens and not bool(jnp.all(decoding["done"])):
+        decoding = decode_step(decoding)
+        yield decoding["token"]

@@ -1,0 +1,201 @@
+"""Sparse layers for flax.nnx: ``SparseLinear`` (a drop-in for ``nnx.Linear`` holding a Tiled-CSL weight) and
+``sparsify(model, sparsity)``, which prunes and swaps the Linear layers of any nnx model in place.
+
+The SparseMatrix arrays are nnx state: values are an ``nnx.Param`` (trainable, castable, shardable), the
+integer structure (locations, tile_offsets) a non-trainable ``SparseIndex`` variable, so nnx.split / jit /
+nnx.state(model, nnx.Param) treat a sparsified model like any other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jax_flashllm import prune as _prune
+from jax_flashllm.format import SparseMatrix
+from jax_flashllm.ops import sparse_dense
+
+__all__ = ["SparseIndex", "SparseLinear", "LayerReport", "SparsifyReport", "sparsify", "densify"]
+
+
+class SparseIndex(nnx.Variable):
+    """Integer structure of a sparse weight (locations, tile offsets): state, but never trained."""
+
+
+class SparseLinear(nnx.Module):
+    """y = x @ W.T + bias with W a SparseMatrix (out_features, in_features); the call of ``nnx.Linear``.
+
+    x: (..., in_features) any float dtype; it is cast to W's dtype (float16 | bfloat16) for the kernel
+    (float32 accumulation) and the result cast back. The bias keeps its own dtype and is added after.
+    """
+
+    def __init__(self, weight: SparseMatrix, bias: jax.Array | None = None):
+        self.values = nnx.Param(jnp.asarray(weight.values))
+        self.locations = SparseIndex(jnp.asarray(weight.locations))
+        self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
+        self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
+        self.out_features, self.in_features = weight.shape
+        self.format_version = weight.version
+
+    @property
+    def weight(self) -> SparseMatrix:
+        """The SparseMatrix view of the layer's state (no copy, no validation: safe under jit)."""
+        values = self.values[...]
+        aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.format_version)
+        return SparseMatrix.tree_unflatten(aux, (values, self.locations[...], self.tile_offsets[...]))
+
+    @property
+    def use_bias(self) -> bool:
+        return self.bias is not None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: (..., in_features) -> (..., out_features) in x's dtype."""
+        w = self.weight
+        y = sparse_dense(x.astype(w.dtype), w).astype(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(x.dtype)
+        return y
+
+    @classmethod
+    def from_linear(cls, linear: nnx.Linear, sparsity: float, method: str = "magnitude",
+                    dtype=jnp.bfloat16, *, seed: int = 0) -> "SparseLinear":
+        """Prune ``linear``'s kernel (in, out) to ``sparsity`` with ``method`` (see jax_flashllm.prune.METHODS)
+        and encode W = kernel.T as a SparseMatrix of ``dtype`` (float16 | bfloat16). The bias is kept as is."""
+        w = np.asarray(jax.device_get(linear.kernel[...])).T
+        w = _prune.prune(w, sparsity, method, seed=seed)
+        bias = None if linear.bias is None else linear.bias[...]
+        return cls(SparseMatrix.from_dense(w, dtype=dtype), bias)
+
+    def to_linear(self) -> nnx.Linear:
+        """A dense nnx.Linear with the same weights (W.to_dense(), in W's dtype): the pure-JAX reference path.
+        Its output is in W's dtype (bias added there too), close to but not bit-equal with __call__."""
+        # dtype=W's dtype: x is rounded to it as in __call__, so only the summation order differs.
+        dtype = self.weight.dtype
+        dense = nnx.eval_shape(lambda: nnx.Linear(self.in_features, self.out_features, use_bias=self.use_bias,
+                                                  dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
+        dense.kernel = nnx.Param(self.weight.to_dense().T)
+        if self.bias is not None:
+            dense.bias = nnx.Param(self.bias[...])
+        return dense
+
+    def spec(self) -> dict:
+        """Everything but the arrays' contents: enough to rebuild an abstract layer (see ``abstract``)."""
+        return dict(shape=[self.out_features, self.in_features], dtype=jnp.dtype(self.values.dtype).name,
+                    entries=int(self.values.shape[0]), tiles=int(self.tile_offsets.shape[0]) - 1,
+                    bias_dtype=None if self.bias is None else jnp.dtype(self.bias.dtype).name,
+                    version=self.format_version)
+
+    @classmethod
+    def abstract(cls, spec: dict) -> "SparseLinear":
+        """A layer of the given ``spec()`` whose arrays are shapes only (to be filled from a checkpoint)."""
+        m, k = spec["shape"]
+
+        def build():
+            w = SparseMatrix.tree_unflatten(
+                ((m, k), spec["dtype"], spec["version"]),
+                (jnp.zeros(spec["entries"], spec["dtype"]), jnp.zeros(spec["entries"], jnp.uint16),
+                 jnp.zeros(spec["tiles"] + 1, jnp.int32)))
+            bias = None if spec["bias_dtype"] is None else jnp.zeros(m, spec["bias_dtype"])
+            return cls(w, bias)
+
+        return nnx.eval_shape(build)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerReport:
+    """One replaced layer: its dotted path, W's (out, in) shape, achieved sparsity and weight bytes."""
+
+    name: str
+    shape: tuple[int, int]
+    sparsity: float
+    dense_bytes: int
+    sparse_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsifyReport:
+    """What ``sparsify`` did, layer by layer; ``str(report)`` is a table."""
+
+    layers: tuple[LayerReport, ...]
+
+    @property
+    def dense_bytes(self) -> int:
+        return sum(layer.dense_bytes for layer in self.layers)
+
+    @property
+    def sparse_bytes(self) -> int:
+        return sum(layer.sparse_bytes for layer in self.layers)
+
+    def __str__(self) -> str:
+        width = max([len("layer")] + [len(layer.name) for layer in self.layers])
+        lines = [f"{'layer':<{width}}  {'shape (out, in)':>16}  {'sparsity':>8}  {'dense B':>12}  {'sparse B':>12}"]
+        for r in self.layers:
+            shape = f"{r.shape[0]} x {r.shape[1]}"
+            lines.append(f"{r.name:<{width}}  {shape:>16}  {r.sparsity:>8.3f}  {r.dense_bytes:>12,}  "
+                         f"{r.sparse_bytes:>12,}")
+        ratio = self.dense_bytes / max(self.sparse_bytes, 1)
+        count = f"{len(self.layers)} layers"
+        lines.append(f"{'total':<{width}}  {count:>16}  {'':>8}  {self.dense_bytes:>12,}  "
+                     f"{self.sparse_bytes:>12,}  ({ratio:.2f}x smaller)")
+        return "\n".join(lines)
+
+
+Selector = str | Iterable[str] | Callable[[str], bool] | None
+
+
+def _matcher(selector: Selector, default: bool) -> Callable[[str], bool]:
+    """A predicate on dotted layer paths: a regex (searched), a list of regexes (any), or a callable."""
+    if selector is None:
+        return lambda name: default
+    if callable(selector):
+        return selector
+    patterns = [re.compile(selector)] if isinstance(selector, str) else [re.compile(p) for p in selector]
+    return lambda name: any(p.search(name) for p in patterns)
+
+
+def _path_name(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _replace(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
+    modules = dict(nnx.iter_graph(model))
+    parent, attr = modules[path[:-1]], path[-1]
+    if isinstance(attr, int):
+        parent[attr] = layer
+    else:
+        setattr(parent, attr, layer)
+
+
+def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", include: Selector = None,
+             exclude: Selector = None, dtype=jnp.bfloat16, seed: int = 0) -> SparsifyReport:
+    """Prune and replace ``nnx.Linear`` layers of ``model`` by SparseLinear layers, in place.
+
+    include / exclude select layers by dotted path ("layers.0.self_attn.q_proj"): a regex searched in the
+    path, a list of regexes, or a callable; default all Linear layers, none excluded. Embeddings and a tied
+    LM head are not Linear layers and stay dense. method: "magnitude" | "magnitude_row" | "random" (layer i
+    uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights.
+    Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
+    """
+    take, drop = _matcher(include, True), _matcher(exclude, False)
+    chosen = [(path, m) for path, m in nnx.iter_graph(model)
+              if isinstance(m, nnx.Linear) and take(_path_name(path)) and not drop(_path_name(path))]
+    reports = []
+    for i, (path, linear) in enumerate(chosen):
+        sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i)
+        _replace(model, path, sparse)
+        w = sparse.weight
+        reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),
+                                   w.nbytes))
+    return SparsifyReport(tuple(reports))
+
+
+def densify(model: nnx.Module) -> None:
+    """Replace every SparseLinear of ``model`` by the equivalent dense nnx.Linear (same dtype), in place."""
+    for path, m in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)]:
+        _replace(model, path, m.to_linear())
