@@ -92,7 +92,7 @@ nb::list spmm_configs() {
   nb::list out;
   for (const auto& c : kConfigTable) {
     nb::object max_n = c.max_n < 0 ? nb::none() : nb::cast(c.max_n);
-    out.append(nb::make_tuple(c.name, max_n, c.block_m, c.block_n));
+    out.append(nb::make_tuple(c.name, max_n, c.block_m, c.block_n, c.smem_bytes));
   }
   return out;
 }
@@ -107,7 +107,7 @@ void emu_bind_spmm(nb::module_& m) {
         "values/locations: (P,) uint16, tile_offsets: (T+1,) int32, x: (N, k) uint16 bits of dtype.\n"
         "Returns (y (N, m) uint16 bits, stats dict).");
   m.def("spmm_configs", &spmm_configs,
-        "The kernel's tiling table: [(name, max_n or None, block_m, block_n), ...].");
+        "The kernel's tiling table: [(name, max_n or None, block_m, block_n, smem_bytes), ...].");
 }
 
 }  // namespace flashllm

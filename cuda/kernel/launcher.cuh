@@ -33,14 +33,15 @@ struct SpmmConfigInfo {
   int max_n;  // -1: no upper bound
   int block_m;
   int block_n;
+  int smem_bytes;  // dynamic shared memory per block
   const char* name;
 };
 constexpr int kNumConfigs = 4;
 constexpr SpmmConfigInfo kConfigTable[kNumConfigs] = {
-    {16, Traits256x16::kBlockM, Traits256x16::kBlockN, "256x16"},
-    {32, Traits256x32::kBlockM, Traits256x32::kBlockN, "256x32"},
-    {64, Traits128x64::kBlockM, Traits128x64::kBlockN, "128x64"},
-    {-1, Traits128x128::kBlockM, Traits128x128::kBlockN, "128x128"},
+    {16, Traits256x16::kBlockM, Traits256x16::kBlockN, Traits256x16::kSmemBytes, "256x16"},
+    {32, Traits256x32::kBlockM, Traits256x32::kBlockN, Traits256x32::kSmemBytes, "256x32"},
+    {64, Traits128x64::kBlockM, Traits128x64::kBlockN, Traits128x64::kSmemBytes, "128x64"},
+    {-1, Traits128x128::kBlockM, Traits128x128::kBlockN, Traits128x128::kSmemBytes, "128x128"},
 };
 
 inline int choose_config(int n) {

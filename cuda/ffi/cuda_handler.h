@@ -1,0 +1,5 @@
+#pragma once
+
+#include "xla/ffi/api/ffi.h"
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(FlashllmSpmmCuda);
