@@ -1,0 +1,40 @@
+// The _flashllm_emu module: the CUDA kernel's source run under host emulation. Exposes the emulator's
+// configuration and counters, the single-warp probes of warp_probes.cc (for tests/test_emu_ptx.py)
+// and, when the kernel engineer's cuda/emu/spmm_entry.cc exists (CMake then defines
+// FLASHLLM_HAVE_SPMM_ENTRY), the emulated `spmm` entry point.
+#include <nanobind/nanobind.h>
+
+#include "emu.h"
+#include "py_util.h"
+
+namespace nb = nanobind;
+
+namespace flashllm {
+namespace emu {
+void bind_warp_probes(nb::module_& m);
+}  // namespace emu
+#if defined(FLASHLLM_HAVE_SPMM_ENTRY)
+void emu_bind_spmm(nb::module_& m);
+#endif
+}  // namespace flashllm
+
+NB_MODULE(_flashllm_emu, m) {
+  namespace emu = flashllm::emu;
+  m.doc() = "Host emulation of jax_flashllm's CUDA kernel (fibers, warp collectives, PTX semantics).";
+  m.def("reset_stats", &emu::reset_stats, "Zero the shared/global memory counters.");
+  m.def("stats", [] { return emu::py::stats_dict(emu::stats()); },
+        "Counters accumulated since reset_stats(): smem_wavefronts, smem_requests, "
+        "smem_bank_conflicts, gmem_requests, gmem_sectors.");
+  m.def("set_num_workers", &emu::set_num_workers, nb::arg("n"),
+        "Host threads that run blocks in parallel (results do not depend on it).");
+  m.def("num_workers", &emu::num_workers);
+  m.def("set_max_dynamic_smem", &emu::set_max_dynamic_smem, nb::arg("bytes"),
+        "Largest dynamic shared memory a launch may request (default 101376, sm_86/89).");
+  m.def("max_dynamic_smem", &emu::max_dynamic_smem);
+  emu::bind_warp_probes(m);
+  m.attr("has_spmm") = false;
+#if defined(FLASHLLM_HAVE_SPMM_ENTRY)
+  flashllm::emu_bind_spmm(m);
+  m.attr("has_spmm") = true;
+#endif
+}

@@ -1,0 +1,237 @@
+// Host emulation of the CUDA execution model: just enough of the CUDA runtime model for the
+// kernel's device code (cuda/kernel/*.cuh) to compile unchanged with a host C++ compiler and run on
+// a machine without a GPU. ptx.cuh includes this header (and ptx_emu.h) when FLASHLLM_EMU is defined.
+//
+// Execution model: emu::launch runs every thread block of the grid with its blockDim threads as
+// fibers (user-space stacks switched in emu_fiber.cc) on one host thread per worker. A fiber runs
+// until it reaches a synchronization point — __syncthreads (a real block barrier) or a warp
+// collective (ldmatrix, mma, shuffles, counted loads/stores: all 32 lanes hand over their operands,
+// the last lane to arrive executes the instruction for the whole warp). Scheduling is deterministic
+// (round robin in thread order), so a failing kernel fails the same way every time. A warp whose
+// lanes wait at different collectives, or at a collective and a barrier, is reported as an error
+// (emu::Error) naming the block, warp, lanes and instructions; it never hangs.
+#pragma once
+
+#ifndef FLASHLLM_EMU
+#define FLASHLLM_EMU 1
+#endif
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+// ---- CUDA built-in vector types (layout and alignment as in CUDA's vector_types.h) -------------
+struct uint3 {
+  unsigned int x, y, z;
+};
+struct dim3 {
+  unsigned int x, y, z;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+  constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+struct alignas(8) uint2 {
+  unsigned int x, y;
+};
+struct alignas(16) uint4 {
+  unsigned int x, y, z, w;
+};
+struct alignas(8) int2 {
+  int x, y;
+};
+struct alignas(16) int4 {
+  int x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
+inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) {
+  return uint4{x, y, z, w};
+}
+inline float2 make_float2(float x, float y) { return float2{x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return int2{x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
+
+// CUDA's device-side min/max overloads (plain host functions here).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return a < b ? a : b; }
+inline float max(float a, float b) { return a > b ? a : b; }
+
+// ---- Function and variable qualifiers ---------------------------------------------------------
+// __restrict__ is a GNU extension g++ already understands.
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+// Static __shared__ arrays become per-worker-thread statics: shared by the fibers of the block being
+// run, reused (uninitialised, as on the GPU) by the next block. The contract asks for dynamic shared
+// memory only; this keeps stray helpers compiling.
+#define __shared__ static thread_local
+
+// Each block gets its own buffer of the launch's smem_bytes, filled with 0xCD (never zero), so a
+// kernel that reads shared memory it never wrote computes garbage and fails its test.
+#define FLASHLLM_DYNAMIC_SMEM(name) \
+  unsigned char* const name = ::flashllm::emu::detail::current_smem()
+
+// The stream is accepted and ignored: the host runs the grid to completion before returning.
+#define FLASHLLM_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
+  ((void)(stream), ::flashllm::emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__))
+
+using cudaStream_t = struct CUstream_st*;
+
+// ---- Per-thread built-ins ---------------------------------------------------------------------
+// One copy per host worker thread; the scheduler writes threadIdx before it resumes a fiber, so the
+// value a fiber reads is its own. (Reads after any synchronization point reload the variable: the
+// fiber switch is an opaque call.)
+inline thread_local uint3 threadIdx{};
+inline thread_local uint3 blockIdx{};
+inline thread_local dim3 blockDim{};
+inline thread_local dim3 gridDim{};
+
+namespace flashllm {
+namespace emu {
+
+// Any failure inside an emulated kernel (divergence at a collective, misaligned or out-of-range
+// address, launch limits): the launch stops and throws this (Python sees RuntimeError).
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Memory-efficiency counters, accumulated over launches until reset_stats().
+struct Stats {
+  uint64_t smem_wavefronts = 0;      // shared-memory wavefronts over all counted warp requests
+  uint64_t smem_requests = 0;        // warp-level shared-memory requests (ldmatrix, sts_*, lds_*)
+  uint64_t smem_bank_conflicts = 0;  // wavefronts beyond the minimum each request needed
+  uint64_t gmem_requests = 0;        // warp-level global requests (ldg_*, cp.async per instruction)
+  uint64_t gmem_sectors = 0;         // distinct 32-byte sectors those requests touched
+};
+
+void reset_stats();
+Stats stats();
+// (name, value) pairs in declaration order, for bindings that turn Stats into a dict.
+std::vector<std::pair<const char*, uint64_t>> stats_fields(const Stats& s);
+
+// Largest dynamic shared memory a launch may ask for. Default 101376 bytes (99 KiB), the opt-in
+// per-block limit of sm_86/sm_89, the smallest of the architectures the kernel targets, so a config
+// that would fail to launch on some supported GPU fails here too.
+void set_max_dynamic_smem(size_t bytes);
+size_t max_dynamic_smem();
+
+// Host worker threads that run blocks in parallel (default: env FLASHLLM_EMU_THREADS, else 1).
+// Blocks never share state, so the result does not depend on it.
+void set_num_workers(int n);
+int num_workers();
+
+// Optional global-memory bounds checking: while at least one range is registered, every counted
+// global read (ldg_*, cp.async with src_bytes > 0) must lie inside a registered range, else Error.
+void register_global(const void* ptr, size_t bytes);
+void clear_globals();
+
+// RAII helper: registers ranges for one scope (e.g. the duration of a launch).
+class GlobalRanges {
+ public:
+  GlobalRanges() = default;
+  GlobalRanges(const GlobalRanges&) = delete;
+  GlobalRanges& operator=(const GlobalRanges&) = delete;
+  void add(const void* ptr, size_t bytes) { register_global(ptr, bytes); }
+  ~GlobalRanges() { clear_globals(); }
+};
+
+namespace detail {
+
+using KernelThunk = void (*)(const void* payload);
+
+// Runs the grid: every block with its blockDim threads as fibers; throws Error on any failure.
+void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, size_t smem_bytes);
+
+unsigned char* current_smem();
+size_t current_smem_bytes();
+
+// Block barrier (bar.sync 0): returns when every thread of the block that has not exited arrived.
+void syncthreads();
+
+// Warp collective core. Every lane of the calling thread's warp calls it with the same `kind`; the
+// last lane to arrive runs exec(lane_data, ctx) for the whole warp while the others wait.
+struct WarpCall;
+using WarpExec = void (*)(const WarpCall& call);
+struct WarpCall {
+  void* lane_data[32];  // what each lane passed, indexed by lane
+  int warp;             // warp index within the block
+};
+void warp_collective(int kind, const char* name, WarpExec exec, void* my_data);
+
+// Which lane / warp the calling thread is.
+int lane_id();
+int warp_id();
+
+// Throws Error with the block/warp/lane of the calling thread prefixed.
+[[noreturn]] void fail(const std::string& what);
+
+// Shared-memory range check for counted accesses: [p, p+bytes) inside this block's dynamic smem.
+void check_smem(const void* p, size_t bytes, size_t align, const char* op, int lane);
+// Global range check (no-op unless ranges are registered).
+void check_global(const void* p, size_t bytes, const char* op, int lane);
+
+// Accounting hooks used by ptx_emu.cc.
+void count_smem(uint64_t wavefronts, uint64_t min_wavefronts);
+void count_gmem(uint64_t sectors);
+// cp.async issued by one lane outside a collective: the k-th cp.async of each lane since the warp's
+// last synchronization point is taken to be the same warp instruction (sectors counted per bucket).
+void note_async_read(const void* src, int bytes);
+
+// Per-thread cp.async state (pending groups), owned by the runtime.
+struct AsyncCopy {
+  unsigned char* dst;
+  unsigned char data[16];
+};
+std::vector<AsyncCopy>& async_uncommitted();
+std::vector<std::vector<AsyncCopy>>& async_groups();
+
+}  // namespace detail
+
+// Runs kernel<<<grid, block, smem_bytes>>>(args...) on the host. Arguments are converted to the
+// kernel's parameter types once, then every thread receives its own copy, as on the GPU.
+template <class... Params, class... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "kernel launched with the wrong argument count");
+  struct Payload {
+    void (*kernel)(Params...);
+    std::tuple<std::decay_t<Params>...> args;
+  };
+  const Payload payload{kernel, std::tuple<std::decay_t<Params>...>(std::forward<Args>(args)...)};
+  detail::launch_impl(
+      [](const void* p) {
+        const Payload& pl = *static_cast<const Payload*>(p);
+        std::apply(pl.kernel, pl.args);
+      },
+      &payload, grid, block, smem_bytes);
+}
+
+}  // namespace emu
+}  // namespace flashllm
+
+inline void __syncthreads() { ::flashllm::emu::detail::syncthreads(); }
+
+template <class T>
+inline T __ldg(const T* p) {
+  return *p;
+}

@@ -1,0 +1,54 @@
+// Minimal fibers for the emulator: a stack and a saved stack pointer, switched by a few
+// instructions of assembly on x86-64 (callee-saved registers + MXCSR/x87 control word, ~5 ns) and
+// by ucontext elsewhere (which also saves the signal mask with a system call: correct, slower).
+// A fiber switch happens at every warp collective, i.e. ~32 per instruction per warp, so its cost
+// dominates the emulator's overhead; OS threads with real barriers would cost ~10 us per switch.
+#pragma once
+
+#include <cstddef>
+
+namespace flashllm {
+namespace emu {
+namespace fiber {
+
+// A stack of `bytes` usable bytes with an inaccessible guard page below it (an overflowing fiber
+// faults instead of silently corrupting a neighbour).
+class Stack {
+ public:
+  Stack() = default;
+  explicit Stack(size_t bytes);
+  Stack(Stack&& o) noexcept;
+  Stack& operator=(Stack&& o) noexcept;
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  ~Stack();
+  void* top() const { return top_; }
+  size_t size() const { return size_; }
+
+ private:
+  void* base_ = nullptr;  // mapping start (guard page)
+  size_t mapped_ = 0;
+  void* top_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Saved execution state. `Context` for the host thread itself needs no stack.
+struct Context {
+  void* sp = nullptr;  // x86-64: saved stack pointer
+  void* uc = nullptr;  // other architectures: a ucontext_t (owned)
+  Context() = default;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+  ~Context();
+};
+
+// Prepares `ctx` so that switching to it runs entry(arg) on `stack`. entry must never return
+// (it switches away for the last time instead).
+void make(Context& ctx, const Stack& stack, void (*entry)(void*), void* arg);
+
+// Saves the current state into `from` and resumes `to`.
+void jump(Context& from, Context& to);
+
+}  // namespace fiber
+}  // namespace emu
+}  // namespace flashllm

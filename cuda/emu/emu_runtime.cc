@@ -1,0 +1,511 @@
+// The emulator's scheduler: blocks, fibers, __syncthreads, the warp-collective rendezvous, launch
+// checks, statistics and global-range checks (see emu.h for the model).
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+#include "emu.h"
+#include "emu_fiber.h"
+
+namespace flashllm {
+namespace emu {
+namespace detail {
+namespace {
+
+enum class State : uint8_t { kRunnable, kAtBarrier, kAtWarp, kDone };
+
+struct Thread {
+  fiber::Context ctx;
+  uint3 tid{};
+  int index = 0;  // linear thread index in the block
+  int warp = 0;
+  int lane = 0;
+  State state = State::kDone;
+  std::vector<AsyncCopy> uncommitted;             // cp.async issued since the last commit
+  std::vector<std::vector<AsyncCopy>> groups;     // committed, not yet landed (oldest first)
+};
+
+struct Warp {
+  int size = 0;        // lanes that exist (32 except in a partial last warp)
+  int live = 0;        // lanes that have not exited
+  int arrived = 0;     // lanes waiting at the current collective
+  int at_barrier = 0;  // lanes waiting at __syncthreads
+  int kind = -1;
+  const char* name = "";
+  WarpExec exec = nullptr;
+  WarpCall call{};
+  uint8_t async_issued[32] = {};                 // cp.async count per lane since the last sync
+  std::vector<std::vector<uint64_t>> buckets;    // sectors per cp.async instruction
+};
+
+struct Worker {
+  std::vector<fiber::Stack> stacks;
+  std::vector<std::unique_ptr<Thread>> threads;
+  std::vector<Warp> warps;
+  fiber::Context sched;
+  std::unique_ptr<unsigned char, decltype(&std::free)> smem{nullptr, &std::free};
+  size_t smem_capacity = 0;
+  size_t smem_bytes = 0;
+  int nthreads = 0;
+  int live = 0;
+  int barrier_arrived = 0;
+  Thread* current = nullptr;
+  int exec_warp = -1;  // warp whose collective is executing (errors then name the warp, not a lane)
+  KernelThunk thunk = nullptr;
+  const void* payload = nullptr;
+  std::string error;
+  Stats stats;
+};
+
+thread_local Worker* tls_worker = nullptr;
+
+std::mutex g_mutex;  // guards the globals below
+Stats g_stats;
+std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;  // registered global [begin, end)
+size_t g_max_smem = 101376;
+int g_workers = [] {
+  const char* env = std::getenv("FLASHLLM_EMU_THREADS");
+  const int n = env ? std::atoi(env) : 1;
+  return n > 0 ? n : 1;
+}();
+size_t g_stack_bytes = [] {
+  const char* env = std::getenv("FLASHLLM_EMU_STACK_KB");
+  const long kb = env ? std::atol(env) : 256;
+  return size_t(kb > 16 ? kb : 16) * 1024;
+}();
+
+Worker& worker() {
+  if (!tls_worker || !tls_worker->current) throw Error("emulated device code called outside emu::launch");
+  return *tls_worker;
+}
+
+std::string block_name() {
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "block (%u,%u,%u)", blockIdx.x, blockIdx.y, blockIdx.z);
+  return buf;
+}
+
+// "0-15,20" style list of the lanes of warp `w` that are in state `s`.
+std::string lanes_in(const Worker& wk, int w, State s) {
+  std::string out;
+  int start = -1;
+  for (int l = 0; l <= 32; ++l) {
+    const int i = w * 32 + l;
+    const bool in = l < 32 && i < wk.nthreads && wk.threads[i]->state == s;
+    if (in && start < 0) start = l;
+    if (!in && start >= 0) {
+      if (!out.empty()) out += ",";
+      out += std::to_string(start);
+      if (l - 1 > start) out += "-" + std::to_string(l - 1);
+      start = -1;
+    }
+  }
+  return out;
+}
+
+void flush_async(Worker& wk, Warp& w) {
+  int n = 0;
+  for (int l = 0; l < 32; ++l) n = std::max(n, int(w.async_issued[l]));
+  for (int k = 0; k < n; ++k) {
+    auto& b = w.buckets[k];
+    std::sort(b.begin(), b.end());
+    wk.stats.gmem_requests += 1;
+    wk.stats.gmem_sectors += uint64_t(std::unique(b.begin(), b.end()) - b.begin());
+    b.clear();
+  }
+  std::memset(w.async_issued, 0, sizeof w.async_issued);
+}
+
+void release_barrier(Worker& wk) {
+  for (int i = 0; i < wk.nthreads; ++i)
+    if (wk.threads[i]->state == State::kAtBarrier) wk.threads[i]->state = State::kRunnable;
+  for (auto& w : wk.warps) {
+    w.at_barrier = 0;
+    flush_async(wk, w);
+  }
+  wk.barrier_arrived = 0;
+}
+
+// Suspends `from` (already marked blocked or done) and resumes the next runnable thread in
+// round-robin order directly, fiber to fiber (one switch per hand-over instead of two through the
+// scheduler); when none is runnable the scheduler takes over (block finished, or a deadlock).
+void switch_away(Worker& wk, Thread& from) {
+  const int n = wk.nthreads;
+  for (int k = 1, i = from.index + 1; k <= n; ++k, ++i) {
+    if (i == n) i = 0;
+    Thread& t = *wk.threads[i];
+    if (t.state != State::kRunnable) continue;
+    if (&t == &from) return;
+    wk.current = &t;
+    threadIdx = t.tid;
+    fiber::jump(from.ctx, t.ctx);
+    return;  // resumed by another fiber, which set current and threadIdx for us
+  }
+  wk.current = nullptr;
+  fiber::jump(from.ctx, wk.sched);
+}
+
+void yield(Worker& wk, Thread& t) { switch_away(wk, t); }
+
+void thread_exit(Worker& wk, Thread& t) {
+  Warp& w = wk.warps[t.warp];
+  if (w.arrived > 0)
+    fail("exited while lanes " + lanes_in(wk, t.warp, State::kAtWarp) + " of its warp wait at " +
+         w.name + " (warp divergence)");
+  t.state = State::kDone;
+  --w.live;
+  --wk.live;
+  if (wk.live > 0 && wk.barrier_arrived == wk.live) release_barrier(wk);
+}
+
+void fiber_entry(void* arg) {
+  Thread& t = *static_cast<Thread*>(arg);
+  Worker& wk = *tls_worker;
+  try {
+    wk.thunk(wk.payload);
+    thread_exit(wk, t);
+  } catch (const std::exception& e) {
+    if (wk.error.empty()) wk.error = e.what();
+  } catch (...) {
+    if (wk.error.empty()) wk.error = "unknown exception in emulated kernel";
+  }
+  t.state = State::kDone;
+  if (wk.error.empty())
+    switch_away(wk, t);  // never resumed
+  else
+    fiber::jump(t.ctx, wk.sched);
+  std::abort();
+}
+
+std::string deadlock_report(const Worker& wk) {
+  std::string s = block_name() + ": no thread can proceed (deadlock);";
+  for (size_t w = 0; w < wk.warps.size(); ++w) {
+    const std::string at_b = lanes_in(wk, int(w), State::kAtBarrier);
+    const std::string at_w = lanes_in(wk, int(w), State::kAtWarp);
+    if (!at_b.empty()) s += " warp " + std::to_string(w) + " lanes " + at_b + " at __syncthreads;";
+    if (!at_w.empty())
+      s += " warp " + std::to_string(w) + " lanes " + at_w + " at " + wk.warps[w].name + ";";
+  }
+  return s;
+}
+
+void prepare(Worker& wk, dim3 block, size_t smem_bytes) {
+  wk.nthreads = int(block.x * block.y * block.z);
+  while (int(wk.stacks.size()) < wk.nthreads) wk.stacks.emplace_back(g_stack_bytes);
+  while (int(wk.threads.size()) < wk.nthreads) wk.threads.push_back(std::make_unique<Thread>());
+  wk.warps.assign(size_t((wk.nthreads + 31) / 32), Warp{});
+  for (size_t w = 0; w < wk.warps.size(); ++w)
+    wk.warps[w].size = std::min(32, wk.nthreads - int(w) * 32);
+  if (smem_bytes > wk.smem_capacity) {
+    const size_t cap = (smem_bytes + 127) / 128 * 128;
+    wk.smem.reset(static_cast<unsigned char*>(std::aligned_alloc(128, cap)));
+    if (!wk.smem) throw std::bad_alloc();
+    wk.smem_capacity = cap;
+  }
+  wk.smem_bytes = smem_bytes;
+  wk.stats = Stats{};
+  wk.error.clear();
+  wk.exec_warp = -1;
+}
+
+void run_block(Worker& wk, uint3 bidx) {
+  blockIdx = bidx;
+  const dim3 bd = blockDim;
+  for (int i = 0; i < wk.nthreads; ++i) {
+    Thread& t = *wk.threads[i];
+    t.tid = uint3{unsigned(i) % bd.x, (unsigned(i) / bd.x) % bd.y, unsigned(i) / (bd.x * bd.y)};
+    t.index = i;
+    t.warp = i / 32;
+    t.lane = i % 32;
+    t.state = State::kRunnable;
+    t.uncommitted.clear();
+    t.groups.clear();
+    fiber::make(t.ctx, wk.stacks[i], &fiber_entry, &t);
+  }
+  for (auto& w : wk.warps) {
+    w.live = w.size;
+    w.arrived = w.at_barrier = 0;
+    std::memset(w.async_issued, 0, sizeof w.async_issued);
+  }
+  if (wk.smem_bytes) std::memset(wk.smem.get(), 0xCD, wk.smem_bytes);
+  wk.live = wk.nthreads;
+  wk.barrier_arrived = 0;
+  // Fibers hand over to each other; control returns here only when none is runnable.
+  for (int i = 0; i < wk.nthreads; ++i) {
+    Thread& t = *wk.threads[i];
+    if (t.state != State::kRunnable) continue;
+    wk.current = &t;
+    threadIdx = t.tid;
+    fiber::jump(wk.sched, t.ctx);
+    wk.current = nullptr;
+    if (!wk.error.empty()) throw Error(wk.error);
+    i = -1;  // rescan from the start
+  }
+  if (wk.live > 0) throw Error(deadlock_report(wk));
+  for (auto& w : wk.warps) flush_async(wk, w);
+}
+
+Worker& local_worker() {
+  thread_local std::unique_ptr<Worker> w;
+  if (!w) w = std::make_unique<Worker>();
+  tls_worker = w.get();
+  return *w;
+}
+
+void check_launch(dim3 grid, dim3 block, size_t smem_bytes) {
+  char buf[256];
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 ||
+      block.z > 64 || threads > 1024) {
+    std::snprintf(buf, sizeof buf, "invalid launch configuration: block (%u,%u,%u)", block.x, block.y,
+                  block.z);
+    throw Error(buf);
+  }
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+      grid.z > 65535) {
+    std::snprintf(buf, sizeof buf, "invalid launch configuration: grid (%u,%u,%u)", grid.x, grid.y,
+                  grid.z);
+    throw Error(buf);
+  }
+  if (smem_bytes > max_dynamic_smem()) {
+    std::snprintf(buf, sizeof buf, "launch asks for %zu bytes of dynamic shared memory, limit %zu",
+                  smem_bytes, max_dynamic_smem());
+    throw Error(buf);
+  }
+}
+
+}  // namespace
+
+void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, size_t smem_bytes) {
+  check_launch(grid, block, smem_bytes);
+  const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
+  std::atomic<uint64_t> next{0};
+  std::atomic<bool> failed{false};
+  std::string first_error;
+
+  auto work = [&] {
+    Worker& wk = local_worker();
+    if (wk.current) throw Error("emu::launch called from inside an emulated kernel");
+    gridDim = grid;
+    blockDim = block;
+    prepare(wk, block, smem_bytes);
+    wk.thunk = thunk;
+    wk.payload = payload;
+    try {
+      for (uint64_t b; !failed.load() && (b = next.fetch_add(1)) < nblocks;) {
+        run_block(wk, uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
+                            unsigned(b / (uint64_t(grid.x) * grid.y))});
+      }
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      if (!failed.exchange(true)) first_error = e.what();
+    }
+    std::lock_guard<std::mutex> lock(g_mutex);
+    g_stats.smem_wavefronts += wk.stats.smem_wavefronts;
+    g_stats.smem_requests += wk.stats.smem_requests;
+    g_stats.smem_bank_conflicts += wk.stats.smem_bank_conflicts;
+    g_stats.gmem_requests += wk.stats.gmem_requests;
+    g_stats.gmem_sectors += wk.stats.gmem_sectors;
+  };
+
+  const int nworkers = int(std::min<uint64_t>(uint64_t(num_workers()), nblocks));
+  std::vector<std::thread> helpers;
+  for (int i = 1; i < nworkers; ++i) helpers.emplace_back(work);
+  work();
+  for (auto& h : helpers) h.join();
+  if (failed) throw Error("emulated kernel failed: " + first_error);
+}
+
+unsigned char* current_smem() { return worker().smem.get(); }
+size_t current_smem_bytes() { return worker().smem_bytes; }
+
+int lane_id() { return worker().current->lane; }
+int warp_id() { return worker().current->warp; }
+
+void fail(const std::string& what) {
+  std::string prefix = block_name();
+  if (tls_worker && tls_worker->exec_warp >= 0) {
+    prefix += ", warp " + std::to_string(tls_worker->exec_warp) + ": ";
+  } else if (tls_worker && tls_worker->current) {
+    const Thread& t = *tls_worker->current;
+    char buf[96];
+    std::snprintf(buf, sizeof buf, ", thread (%u,%u,%u) [warp %d lane %d]: ", t.tid.x, t.tid.y,
+                  t.tid.z, t.warp, t.lane);
+    prefix += buf;
+  } else {
+    prefix += ": ";
+  }
+  throw Error(prefix + what);
+}
+
+void syncthreads() {
+  Worker& wk = worker();
+  Thread& t = *wk.current;
+  Warp& w = wk.warps[t.warp];
+  if (w.arrived > 0)
+    fail("reached __syncthreads while lanes " + lanes_in(wk, t.warp, State::kAtWarp) +
+         " of its warp wait at " + w.name + " (warp divergence)");
+  ++wk.barrier_arrived;
+  if (wk.barrier_arrived == wk.live) {
+    release_barrier(wk);
+    return;
+  }
+  ++w.at_barrier;
+  t.state = State::kAtBarrier;
+  yield(wk, t);
+}
+
+void warp_collective(int kind, const char* name, WarpExec exec, void* my_data) {
+  Worker& wk = worker();
+  Thread& t = *wk.current;
+  Warp& w = wk.warps[t.warp];
+  if (w.size != 32 || w.live != 32)
+    fail(std::string(name) + " needs all 32 lanes of the warp, but only " + std::to_string(w.live) +
+         " are running (partial warp or exited lanes)");
+  if (w.at_barrier > 0)
+    fail(std::string("reached ") + name + " while lanes " + lanes_in(wk, t.warp, State::kAtBarrier) +
+         " of its warp wait at __syncthreads (warp divergence)");
+  if (w.arrived == 0) {
+    w.kind = kind;
+    w.name = name;
+    w.exec = exec;
+  } else if (w.kind != kind) {
+    fail(std::string("reached ") + name + " while lanes " + lanes_in(wk, t.warp, State::kAtWarp) +
+         " of its warp wait at " + w.name + " (warp divergence)");
+  }
+  w.call.lane_data[t.lane] = my_data;
+  if (++w.arrived < 32) {
+    t.state = State::kAtWarp;
+    yield(wk, t);
+    return;
+  }
+  // Last lane: every lane's operands are in place (their stacks are suspended, not gone).
+  flush_async(wk, w);
+  w.call.warp = t.warp;
+  w.arrived = 0;
+  for (int l = 0; l < 32; ++l) {
+    Thread& o = *wk.threads[t.warp * 32 + l];
+    if (o.state == State::kAtWarp) o.state = State::kRunnable;
+  }
+  wk.exec_warp = t.warp;
+  w.exec(w.call);
+  wk.exec_warp = -1;
+}
+
+void check_smem(const void* p, size_t bytes, size_t align, const char* op, int lane) {
+  Worker& wk = worker();
+  const auto base = reinterpret_cast<uintptr_t>(wk.smem.get());
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  char buf[200];
+  if (a < base || a - base + bytes > wk.smem_bytes) {
+    std::snprintf(buf, sizeof buf,
+                  "%s: lane %d's address %p is outside the block's %zu bytes of dynamic shared memory "
+                  "(offset %lld)",
+                  op, lane, p, wk.smem_bytes, (long long)(a - base));
+    fail(buf);
+  }
+  if ((a - base) % align != 0) {
+    std::snprintf(buf, sizeof buf, "%s: lane %d's shared-memory offset %zu is not %zu-byte aligned",
+                  op, lane, size_t(a - base), align);
+    fail(buf);
+  }
+}
+
+void check_global(const void* p, size_t bytes, const char* op, int lane) {
+  if (g_ranges.empty()) return;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  for (const auto& r : g_ranges)
+    if (a >= r.first && a + bytes <= r.second) return;
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "%s: lane %d reads %zu bytes at %p, outside every global buffer",
+                op, lane, bytes, p);
+  fail(buf);
+}
+
+void count_smem(uint64_t wavefronts, uint64_t min_wavefronts) {
+  Stats& s = worker().stats;
+  s.smem_requests += 1;
+  s.smem_wavefronts += wavefronts;
+  s.smem_bank_conflicts += wavefronts - min_wavefronts;
+}
+
+void count_gmem(uint64_t sectors) {
+  Stats& s = worker().stats;
+  s.gmem_requests += 1;
+  s.gmem_sectors += sectors;
+}
+
+void note_async_read(const void* src, int bytes) {
+  Worker& wk = worker();
+  Thread& t = *wk.current;
+  Warp& w = wk.warps[t.warp];
+  const int k = w.async_issued[t.lane];
+  if (k == 255) flush_async(wk, w);  // a pathological loop with no sync: count what we have
+  w.async_issued[t.lane] = uint8_t(w.async_issued[t.lane] + 1);
+  if (int(w.buckets.size()) <= k) w.buckets.resize(size_t(k) + 1);
+  if (bytes <= 0) return;
+  const auto a = reinterpret_cast<uintptr_t>(src);
+  for (uint64_t s = a / 32; s <= (a + uint64_t(bytes) - 1) / 32; ++s) w.buckets[k].push_back(s);
+}
+
+std::vector<AsyncCopy>& async_uncommitted() { return worker().current->uncommitted; }
+std::vector<std::vector<AsyncCopy>>& async_groups() { return worker().current->groups; }
+
+}  // namespace detail
+
+void reset_stats() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  detail::g_stats = Stats{};
+}
+
+Stats stats() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  return detail::g_stats;
+}
+
+std::vector<std::pair<const char*, uint64_t>> stats_fields(const Stats& s) {
+  return {{"smem_wavefronts", s.smem_wavefronts},
+          {"smem_requests", s.smem_requests},
+          {"smem_bank_conflicts", s.smem_bank_conflicts},
+          {"gmem_requests", s.gmem_requests},
+          {"gmem_sectors", s.gmem_sectors}};
+}
+
+void set_max_dynamic_smem(size_t bytes) {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  detail::g_max_smem = bytes;
+}
+
+size_t max_dynamic_smem() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  return detail::g_max_smem;
+}
+
+void set_num_workers(int n) {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  detail::g_workers = n > 0 ? n : 1;
+}
+
+int num_workers() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  return detail::g_workers;
+}
+
+void register_global(const void* ptr, size_t bytes) {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  const auto a = reinterpret_cast<uintptr_t>(ptr);
+  detail::g_ranges.emplace_back(a, a + bytes);
+}
+
+void clear_globals() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  detail::g_ranges.clear();
+}
+
+}  // namespace emu
+}  // namespace flashllm
