@@ -74,8 +74,7 @@ def _progress(total: int, nbytes: int, progress: bool | None, desc: str):
 
 
 def _abstract_model(config: OPTConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
-    model = nnx.eval_shape(lambda: OPTForCausalLM(config, rngs=nnx.Rngs(0), dtype=dtype))
-    return nnx.split(model)
+    return nnx.split(OPTForCausalLM.abstract(config, dtype))
 
 
 def _hf_target(key: str, flat: dict) -> tuple[tuple, bool] | None:
@@ -132,7 +131,7 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float16, *, progress: boo
                     raise CheckpointError(f"{file}: {key} has shape {list(array.shape)}, "
                                           f"config.json implies {list(expected)}")
                 array = array.T if transpose else array
-                flat[leaf].value = jnp.asarray(array, dtype=flat[leaf].dtype)
+                flat[leaf].set_value(jnp.asarray(array, dtype=flat[leaf].dtype))
                 filled[leaf] = key
     missing = [".".join(map(str, p)) for p in flat if p not in filled]
     if missing:
@@ -155,7 +154,7 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)
     sparse = {_key(p): m.spec() for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)}
-    tensors = {_key(p): np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(model))}
+    tensors = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name, "sparse_layers": json.dumps(sparse)}
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(model.config.to_dict(), f, indent=2)
@@ -176,7 +175,7 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     if meta.get("format") != SAVED_FORMAT:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
-    model = nnx.eval_shape(lambda: OPTForCausalLM(config, rngs=nnx.Rngs(0), dtype=meta["dtype"]))
+    model = OPTForCausalLM.abstract(config, meta["dtype"])
     modules = dict(nnx.iter_graph(model))
     for name, spec in json.loads(meta["sparse_layers"]).items():
         parent_path, _, attr = name.rpartition(".")
@@ -193,7 +192,7 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
         if array.shape != var.shape or array.dtype != var.dtype:
             raise CheckpointError(f"{file}: {key} is {array.dtype}{list(array.shape)}, "
                                   f"expected {var.dtype}{list(var.shape)}")
-        var.value = jnp.asarray(array)
+        var.set_value(jnp.asarray(array))
         keys.discard(key)
     if keys:
         raise CheckpointError(f"{file} has unexpected tensor(s): {', '.join(sorted(keys)[:8])}")

@@ -256,6 +256,20 @@ class OPTForCausalLM(nnx.Module):
         self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs) if cfg.has_final_layer_norm else None
         self.layers = nnx.List([OPTDecoderLayer(cfg, dtype, rngs) for _ in range(cfg.num_hidden_layers)])
 
+    @classmethod
+    def abstract(cls, config: OPTConfig, dtype=jnp.float32) -> "OPTForCausalLM":
+        """The model with shapes/dtypes only (no memory, no random init), e.g. to fill from a checkpoint.
+
+        Layers are traced one at a time: one nnx.eval_shape over the whole model costs time quadratic in
+        its size (minutes for opt-175b), one per layer stays linear.
+        """
+        shell = dataclasses.replace(config, num_hidden_layers=0)
+        model = nnx.eval_shape(lambda: cls(shell, rngs=nnx.Rngs(0), dtype=dtype))
+        model.config = config
+        model.layers = nnx.List([nnx.eval_shape(lambda: OPTDecoderLayer(config, dtype, nnx.Rngs(0)))
+                                 for _ in range(config.num_hidden_layers)])
+        return model
+
     def _embed(self, input_ids, positions):
         """input_ids, positions: (B, T) int32 -> (B, T, M) in the model dtype."""
         x = self.embed_tokens(input_ids).astype(self.dtype)
