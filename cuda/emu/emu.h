@@ -143,6 +143,7 @@ int num_workers();
 
 // Optional global-memory bounds checking: while at least one range is registered, every counted
 // global read (ldg_*, cp.async with src_bytes > 0) must lie inside a registered range, else Error.
+// Registered ranges also anchor sector counting (each range starts a sector, as cudaMalloc does).
 void register_global(const void* ptr, size_t bytes);
 void clear_globals();
 
@@ -190,6 +191,10 @@ int warp_id();
 void check_smem(const void* p, size_t bytes, size_t align, const char* op, int lane);
 // Global range check (no-op unless ranges are registered).
 void check_global(const void* p, size_t bytes, const char* op, int lane);
+// Identifier of the 32-byte sector holding byte p. Sectors are counted from the start of the
+// registered range that contains p (device allocations are at least 256-byte aligned; host buffers
+// need not be), from address 0 otherwise.
+uint64_t sector_of(const void* p);
 
 // Accounting hooks used by ptx_emu.cc.
 void count_smem(uint64_t wavefronts, uint64_t min_wavefronts);

@@ -427,6 +427,13 @@ void check_global(const void* p, size_t bytes, const char* op, int lane) {
   fail(buf);
 }
 
+uint64_t sector_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  for (const auto& r : g_ranges)
+    if (a >= r.first && a < r.second) return r.first + (a - r.first) / 32;
+  return a / 32;
+}
+
 void count_smem(uint64_t wavefronts, uint64_t min_wavefronts) {
   Stats& s = worker().stats;
   s.smem_requests += 1;
@@ -449,8 +456,9 @@ void note_async_read(const void* src, int bytes) {
   w.async_issued[t.lane] = uint8_t(w.async_issued[t.lane] + 1);
   if (int(w.buckets.size()) <= k) w.buckets.resize(size_t(k) + 1);
   if (bytes <= 0) return;
-  const auto a = reinterpret_cast<uintptr_t>(src);
-  for (uint64_t s = a / 32; s <= (a + uint64_t(bytes) - 1) / 32; ++s) w.buckets[k].push_back(s);
+  const auto* a = static_cast<const unsigned char*>(src);
+  for (uint64_t s = sector_of(a), last = sector_of(a + bytes - 1); s <= last; ++s)
+    w.buckets[k].push_back(s);
 }
 
 std::vector<AsyncCopy>& async_uncommitted() { return worker().current->uncommitted; }

@@ -73,13 +73,15 @@ int append_words(uint32_t* words, int n, uintptr_t off, int bytes) {
 }
 
 // ---- Global sectors ---------------------------------------------------------------------------
-// A warp's global request is served in 32-byte sectors; count the distinct ones its lanes touch.
+// A warp's global request is served in 32-byte sectors; count the distinct ones its lanes touch
+// (at most 2 per lane: accesses are at most 16 bytes and naturally aligned).
 void count_sectors(const void* const* addr, int bytes) {
   uint64_t sectors[64];
   int n = 0;
   for (int l = 0; l < 32; ++l) {
-    const auto a = reinterpret_cast<uintptr_t>(addr[l]);
-    for (uint64_t s = a / 32; s <= (a + bytes - 1) / 32; ++s) sectors[n++] = s;
+    const auto* a = static_cast<const unsigned char*>(addr[l]);
+    for (uint64_t s = detail::sector_of(a), last = detail::sector_of(a + bytes - 1); s <= last; ++s)
+      sectors[n++] = s;
   }
   std::sort(sectors, sectors + n);
   detail::count_gmem(uint64_t(std::unique(sectors, sectors + n) - sectors));
