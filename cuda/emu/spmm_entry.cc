@@ -6,6 +6,7 @@
 #include <nanobind/stl/string.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
@@ -24,6 +25,23 @@ template <class T>
 using Vec = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Mat16 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
+// Copy of a host array at a 256-byte boundary, like a CUDA / XLA device buffer, so that the
+// emulator's 32-byte sector counts do not depend on where numpy happened to allocate.
+template <class T>
+class AlignedCopy {
+ public:
+  AlignedCopy(const T* src, size_t count) : storage_(count * sizeof(T) + 256 + 16) {
+    const uintptr_t base = reinterpret_cast<uintptr_t>(storage_.data());
+    data_ = reinterpret_cast<T*>((base + 255) & ~uintptr_t{255});
+    if (count) std::memcpy(data_, src, count * sizeof(T));
+  }
+  const T* data() const { return data_; }
+
+ private:
+  std::vector<unsigned char> storage_;
+  T* data_;
+};
+
 Dtype parse_dtype(const std::string& name) {
   if (name == "float16") return Dtype::kFloat16;
   if (name == "bfloat16") return Dtype::kBfloat16;
@@ -40,10 +58,15 @@ nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_
     throw std::invalid_argument("spmm: values and locations differ in length");
   if (int64_t(x.shape(1)) != k) throw std::invalid_argument("spmm: x must have shape (N, k)");
 
+  const size_t nnz = values.shape(0);
+  const AlignedCopy<uint16_t> x_copy(x.data(), x.shape(0) * x.shape(1));
+  const AlignedCopy<uint16_t> values_copy(values.data(), nnz);
+  const AlignedCopy<uint16_t> locations_copy(locations.data(), nnz);
+
   SpmmParams p{};
-  p.x = x.data();
-  p.values = values.data();
-  p.locations = locations.data();
+  p.x = x_copy.data();
+  p.values = values_copy.data();
+  p.locations = locations_copy.data();
   p.tile_offsets = tile_offsets.data();
   p.nnz_padded = int64_t(values.shape(0));
   p.n = int(x.shape(0));
