@@ -26,12 +26,17 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
     """y = x @ w.to_dense().T + bias, reading only w's nonzeros.
 
     x:    (..., K) float16 | bfloat16, the same dtype as w (any leading dims, none, or zero-size).
-    w:    SparseMatrix of shape (M, K) = (out_features, in_features).
+    w:    SparseMatrix of shape (M, K) = (out_features, in_features), or a ShardedSparseMatrix
+          (jax_flashllm.sharding: tensor-parallel over a mesh axis, multiplied shard by shard).
     bias: optional (M,), added in x's dtype.
     Returns (..., M) in x's dtype; products are accumulated in float32.
     Differentiable w.r.t. x and w.values; composes with jit, vmap, scan and while_loop.
     """
     if not isinstance(w, SparseMatrix):
+        from jax_flashllm import sharding  # lazy: sharding builds on this module
+
+        if isinstance(w, sharding.ShardedSparseMatrix):
+            return sharding.sharded_sparse_dense(x, w, bias)
         raise TypeError(f"sparse_dense expects a SparseMatrix weight, got {type(w).__name__}")
     x = jnp.asarray(x)
     m, k = w.shape

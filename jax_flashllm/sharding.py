@@ -1,0 +1,356 @@
+"""Tensor parallelism for Tiled-CSL weights on JAX's own SPMD machinery (Mesh, NamedSharding, shard_map).
+
+A (M, K) weight is split over one mesh axis of S devices in one of two ways (Megatron-LM's pair):
+- column-parallel (``kind="column"``): along M (out_features). Each device holds a (M/S, K) block and
+  computes M/S outputs from the whole x; no communication, the output stays sharded on its last dim.
+- row-parallel (``kind="row"``): along K (in_features). Each device holds a (M, K/S) block, multiplies its
+  K/S slice of x, and the S partial (..., M) outputs are summed by one psum (one all-reduce).
+A column-parallel layer followed by a row-parallel one (q/k/v -> out_proj, fc1 -> fc2) needs exactly one
+all-reduce per pair, and no device ever holds or gathers another device's weights.
+
+Every shard is re-encoded as an independent, valid Tiled-CSL matrix (its own tiles and tile_offsets). To stack
+the S encodings into one array with a leading shard axis, each is padded to the largest entry count with
+value-0 entries at *unused locations* of its tiles — the last tile first, then the one before it when the
+last is full. Padded entries are zero positions, never duplicates, and every tile count stays a multiple of
+NNZ_ALIGN, so ``validate()`` passes for every shard and the kernel reads the padding as ordinary zeros. Room
+always suffices: the shards have equal tile grids, so the largest shard fits in any shard's tiles.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jax_flashllm import _constants as C
+from jax_flashllm.format import SparseMatrix
+from jax_flashllm.nn import SparseIndex, SparseLinear
+from jax_flashllm.ops import sparse_dense
+
+__all__ = ["COLUMN", "ROW", "OPT_PLAN", "ShardedSparseMatrix", "ShardedSparseLinear", "shard_sparse",
+           "split_sparse", "pad_entries", "sharded_sparse_dense", "shard_linear", "shard_model"]
+
+COLUMN = "column"
+ROW = "row"
+_KINDS = (COLUMN, ROW)
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be {COLUMN!r} (split out_features) or {ROW!r} (split in_features), "
+                         f"got {kind!r}")
+    return kind
+
+
+def _host(a) -> np.ndarray:
+    return np.asarray(jax.device_get(a))
+
+
+# --- host-side splitting and padding ---------------------------------------------------------------------
+def split_sparse(w: SparseMatrix, num_shards: int, kind: str) -> list[SparseMatrix]:
+    """Cut w (M, K) into num_shards contiguous blocks, each re-encoded as its own SparseMatrix.
+
+    kind "column": blocks of M/num_shards rows (out_features); "row": blocks of K/num_shards columns.
+    The split dimension must be a multiple of num_shards. Only w's real nonzeros move (its padding entries
+    are dropped and each block gets its own). Works on the host; w is never densified whole.
+    """
+    _check_kind(kind)
+    m, k = w.shape
+    dim = m if kind == COLUMN else k
+    if num_shards < 1 or dim % num_shards:
+        side = "M (out_features)" if kind == COLUMN else "K (in_features)"
+        raise ValueError(f"cannot split {side} = {dim} of a {w.shape} weight into {num_shards} equal shards")
+    size = dim // num_shards
+    with jax.default_device(jax.devices("cpu")[0]):
+        rows, cols = (_host(a) for a in w.entry_coords())
+    values = _host(w.values)
+    real = (values.view(np.uint16) & 0x7FFF) != 0  # padding / explicit zeros go; NaN and Inf stay
+    rows, cols, values = rows[real], cols[real], values[real]
+    split_coord = rows if kind == COLUMN else cols
+    shard_of = split_coord // size
+    shape = (size, k) if kind == COLUMN else (m, size)
+    shards = []
+    for s in range(num_shards):
+        sel = shard_of == s
+        block = np.zeros(shape, w.dtype)
+        if kind == COLUMN:
+            block[rows[sel] - s * size, cols[sel]] = values[sel]
+        else:
+            block[rows[sel], cols[sel] - s * size] = values[sel]
+        shards.append(SparseMatrix.from_dense(block, dtype=w.dtype))
+    return shards
+
+
+def pad_entries(w: SparseMatrix, entries: int) -> SparseMatrix:
+    """The same matrix stored with exactly ``entries`` entries (a multiple of NNZ_ALIGN, >= w's count).
+
+    The extra entries are value 0 at locations unused in their tile (zero positions), given to the last
+    tile until it is full, then to the tile before it, and so on; the result passes ``validate()``.
+    """
+    values, locations, offsets = (_host(a) for a in (w.values, w.locations, w.tile_offsets))
+    extra = entries - values.shape[0]
+    capacity = w.num_tiles * C.TILE_ELEMS - values.shape[0]
+    if extra < 0 or extra % C.NNZ_ALIGN or extra > capacity:
+        raise ValueError(f"cannot pad {values.shape[0]} entries to {entries}: need a multiple of "
+                         f"{C.NNZ_ALIGN} between them and the {w.num_tiles * C.TILE_ELEMS} positions of "
+                         f"{w.num_tiles} tiles")
+    if extra == 0:
+        return SparseMatrix._unchecked(values, locations, offsets, w.shape, w.dtype, w.version)
+    counts = np.diff(offsets.astype(np.int64))
+    room = (C.TILE_ELEMS - counts)[::-1]  # last tile first; every room is a multiple of NNZ_ALIGN
+    before = np.cumsum(room) - room
+    add = np.clip(extra - before, 0, room)[::-1]
+    tiles = np.flatnonzero(add)
+    new_locations = []
+    for t in tiles:
+        used = np.zeros(C.TILE_ELEMS, np.bool_)
+        used[locations[offsets[t]:offsets[t + 1]]] = True
+        new_locations.append(np.flatnonzero(~used)[: add[t]].astype(np.uint16))
+    # Insert each tile's padding at the end of its segment (np.insert keeps equal indices in order).
+    at = np.repeat(offsets[tiles + 1], add[tiles])
+    values = np.insert(values, at, np.zeros(extra, values.dtype))
+    locations = np.insert(locations, at, np.concatenate(new_locations))
+    offsets = np.zeros_like(offsets)
+    np.cumsum(counts + add, out=offsets[1:])
+    return SparseMatrix._unchecked(values, locations, offsets, w.shape, w.dtype, w.version)
+
+
+# --- the sharded matrix ----------------------------------------------------------------------------------
+@jax.tree_util.register_pytree_node_class
+class ShardedSparseMatrix:
+    """A (M, K) Tiled-CSL weight split over mesh axis ``axis`` into S equal, independently encoded shards.
+
+    Leaves (each sharded along its leading axis over ``axis``, so device s holds row s only):
+      values:       (S, P) float16 | bfloat16 — shard s's entries, padded to the common count P.
+      locations:    (S, P) uint16.
+      tile_offsets: (S, T_s + 1) int32 — T_s tiles of one (M/S, K) or (M, K/S) shard.
+    Static: shape (M, K) of the whole matrix, dtype, format version, kind ("column" | "row"), mesh, axis.
+    Build with ``shard_sparse``; multiply with ``jax_flashllm.sparse_dense`` (jit, via shard_map).
+    """
+
+    __slots__ = ("values", "locations", "tile_offsets", "shape", "dtype", "version", "kind", "mesh", "axis")
+
+    def __init__(self, values, locations, tile_offsets, shape, dtype, kind: str, mesh: Mesh, axis: str,
+                 version: int = C.FORMAT_VERSION):
+        self.values, self.locations, self.tile_offsets = values, locations, tile_offsets
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.dtype = np.dtype(dtype)
+        self.version = int(version)
+        self.kind = _check_kind(kind)
+        self.mesh, self.axis = mesh, axis
+
+    def tree_flatten(self):
+        aux = (self.shape, self.dtype.name, self.kind, self.mesh, self.axis, self.version)
+        return (self.values, self.locations, self.tile_offsets), aux
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        shape, dtype, kind, mesh, axis, version = aux
+        return cls(*children, shape, dtype, kind, mesh, axis, version)
+
+    @property
+    def num_shards(self) -> int:
+        return self.mesh.shape[self.axis]
+
+    @property
+    def shard_shape(self) -> tuple[int, int]:
+        """(M/S, K) for column-parallel, (M, K/S) for row-parallel."""
+        m, k = self.shape
+        s = self.num_shards
+        return (m // s, k) if self.kind == COLUMN else (m, k // s)
+
+    def local(self, values, locations, tile_offsets) -> SparseMatrix:
+        """One shard's SparseMatrix from its (1, P) / (1, T_s + 1) blocks (used inside shard_map)."""
+        return SparseMatrix._unchecked(values[0], locations[0], tile_offsets[0], self.shard_shape,
+                                       self.dtype, self.version)
+
+    def shard(self, s: int) -> SparseMatrix:
+        """Shard s as a standalone SparseMatrix (fetched to the host)."""
+        return self.local(*(_host(a)[s:s + 1] for a in (self.values, self.locations, self.tile_offsets)))
+
+    def validate(self) -> "ShardedSparseMatrix":
+        """Check every shard is a valid Tiled-CSL matrix; returns self."""
+        for s in range(self.num_shards):
+            try:
+                self.shard(s).validate()
+            except ValueError as e:
+                raise ValueError(f"shard {s} of {self.num_shards}: {e}") from e
+        return self
+
+    def to_dense(self) -> jax.Array:
+        """The whole dense (M, K) matrix (for tests and reference paths; gathers every shard)."""
+        blocks = [self.shard(s).to_dense() for s in range(self.num_shards)]
+        return jnp.concatenate(blocks, axis=0 if self.kind == COLUMN else 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all shards together, padding included."""
+        return int(sum(a.size * a.dtype.itemsize for a in (self.values, self.locations, self.tile_offsets)))
+
+    @property
+    def nbytes_per_device(self) -> int:
+        """Bytes one device holds of this weight (one shard)."""
+        return self.nbytes // self.num_shards
+
+    def __repr__(self) -> str:
+        return (f"ShardedSparseMatrix(shape={self.shape}, dtype={self.dtype.name}, kind={self.kind!r}, "
+                f"axis={self.axis!r}, shards={self.num_shards}, entries_per_shard={self.values.shape[-1]})")
+
+
+def shard_sparse(w, mesh: Mesh, axis: str = "tp", kind: str = COLUMN, *, dtype=None) -> ShardedSparseMatrix:
+    """Split w over mesh axis ``axis`` and place shard s on the devices at position s of that axis.
+
+    w: SparseMatrix (M, K), or a dense (M, K) array whose zeros are the pruned positions (encoded in
+    ``dtype``, see SparseMatrix.from_dense). kind "column" splits M, "row" splits K; the split dimension
+    must be a multiple of the axis size. Other mesh axes hold replicas.
+    """
+    _check_kind(kind)
+    if axis not in mesh.shape:
+        raise ValueError(f"mesh has no axis {axis!r} (axes: {tuple(mesh.shape)})")
+    if not isinstance(w, SparseMatrix):
+        w = SparseMatrix.from_dense(w, dtype=dtype)
+    shards = split_sparse(w, mesh.shape[axis], kind)
+    entries = max(s.values.shape[0] for s in shards)
+    shards = [pad_entries(s, entries) for s in shards]
+    placement = NamedSharding(mesh, P(axis))
+    values, locations, offsets = (jax.device_put(np.stack([_host(getattr(s, name)) for s in shards]), placement)
+                                  for name in ("values", "locations", "tile_offsets"))
+    return ShardedSparseMatrix(values, locations, offsets, w.shape, w.dtype, kind, mesh, axis, w.version)
+
+
+def _is_explicit(mesh: Mesh, axis: str) -> bool:
+    return mesh.axis_types[mesh.axis_names.index(axis)] == jax.sharding.AxisType.Explicit
+
+
+# --- the sharded op --------------------------------------------------------------------------------------
+def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
+    """y = x @ W.T (+ bias) with W split over its mesh axis; each device multiplies only its own shard.
+
+    x: (..., K) in w.dtype (float16 | bfloat16), any sharding (it is resharded to what the layer needs).
+    bias: optional (M,). Returns (..., M) in x's dtype:
+      column-parallel — sharded over the axis along its last dim, no communication;
+      row-parallel — replicated, after one psum of the per-device partial outputs. The partials are summed
+      in float32 (decode activations are small, and each partial is already rounded to x's dtype once).
+    """
+    x = jnp.asarray(x)
+    m, k = w.shape
+    if x.ndim < 1 or x.shape[-1] != k:
+        raise ValueError(f"sparse_dense: x must have shape (..., {k}) for the weight {w.shape}, got {x.shape}")
+    if x.dtype != w.dtype:
+        raise TypeError(f"sparse_dense: x is {x.dtype} but the weight is {w.dtype}; cast one of them")
+    lead = (None,) * (x.ndim - 1)
+    if w.kind == COLUMN:
+        x_spec, y_spec, b_spec = P(*lead, None), P(*lead, w.axis), P(w.axis)
+    else:
+        x_spec, y_spec, b_spec = P(*lead, w.axis), P(*lead, None), P(None)
+    w_spec = P(w.axis)
+    args = [x, w.values, w.locations, w.tile_offsets]
+    specs = [x_spec, w_spec, w_spec, w_spec]
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != (m,):
+            raise ValueError(f"sparse_dense: bias must have shape ({m},), got {bias.shape}")
+        args.append(bias)
+        specs.append(b_spec)
+
+    if _is_explicit(w.mesh, w.axis):
+        # Explicit-sharding meshes check specs against each input's type-level sharding: reshard the
+        # activations (never the weights, which shard_sparse placed on P(axis) already).
+        args = [jax.reshard(a, NamedSharding(w.mesh, spec)) for a, spec in zip(args, specs)]
+
+    def per_device(x, values, locations, tile_offsets, *b):
+        y = sparse_dense(x, w.local(values, locations, tile_offsets))
+        if w.kind == ROW:
+            y = jax.lax.psum(y.astype(jnp.float32), w.axis).astype(x.dtype)
+        return y + b[0].astype(y.dtype) if b else y
+
+    # check_vma=False: the FFI primitive has no varying-manual-axes rule; the specs above say it all.
+    return jax.shard_map(per_device, mesh=w.mesh, in_specs=tuple(specs), out_specs=y_spec,
+                         check_vma=False)(*args)
+
+
+# --- layers and models -----------------------------------------------------------------------------------
+class ShardedSparseLinear(SparseLinear):
+    """A SparseLinear whose weight is a ShardedSparseMatrix: same call, same state names (values,
+    locations, tile_offsets, bias), arrays with a leading shard axis placed over the mesh axis."""
+
+    def __init__(self, weight: ShardedSparseMatrix, bias: jax.Array | None = None):
+        self.values = nnx.Param(weight.values)
+        self.locations = SparseIndex(weight.locations)
+        self.tile_offsets = SparseIndex(weight.tile_offsets)
+        self.bias = None if bias is None else nnx.Param(bias)
+        self.out_features, self.in_features = weight.shape
+        self.format_version = weight.version
+        self.kind, self.mesh, self.axis = weight.kind, weight.mesh, weight.axis
+
+    @property
+    def weight(self) -> ShardedSparseMatrix:
+        values = self.values[...]
+        aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.kind, self.mesh,
+               self.axis, self.format_version)
+        return ShardedSparseMatrix.tree_unflatten(aux, (values, self.locations[...], self.tile_offsets[...]))
+
+
+def _bias_spec(kind: str, axis: str) -> P:
+    # A column-parallel layer's bias follows its output features; a row-parallel one is added once, after
+    # the psum, so every device holds all of it.
+    return P(axis) if kind == COLUMN else P()
+
+
+def shard_linear(layer, mesh: Mesh, axis: str = "tp", kind: str = COLUMN):
+    """Tensor-parallel version of one layer: nnx.Linear (in place, returned) or SparseLinear (a new
+    ShardedSparseLinear). Dense kernels (in, out) are placed with NamedSharding — P(None, axis) for
+    "column", P(axis, None) for "row" — and XLA's SPMD partitioner splits the matmul the same way the
+    sparse layers split theirs with shard_map."""
+    _check_kind(kind)
+    bias = None if layer.bias is None else jax.device_put(layer.bias[...],
+                                                          NamedSharding(mesh, _bias_spec(kind, axis)))
+    if isinstance(layer, SparseLinear):
+        return ShardedSparseLinear(shard_sparse(layer.weight, mesh, axis, kind), bias)
+    if isinstance(layer, nnx.Linear):
+        size, (k, m) = mesh.shape[axis], layer.kernel.shape
+        dim = m if kind == COLUMN else k
+        if dim % size:
+            raise ValueError(f"cannot split {dim} features of a ({k}, {m}) kernel over {size} devices")
+        spec = P(None, axis) if kind == COLUMN else P(axis, None)
+        layer.kernel.set_value(jax.device_put(layer.kernel[...], NamedSharding(mesh, spec)))
+        if bias is not None:
+            layer.bias.set_value(bias)
+        return layer
+    raise TypeError(f"shard_linear expects an nnx.Linear or a SparseLinear, got {type(layer).__name__}")
+
+
+# Megatron-LM's split of a transformer block: the projections that fan out are column-parallel, the ones that
+# fan back in are row-parallel, so each attention and each MLP block costs one all-reduce.
+OPT_PLAN = (("self_attn", "q_proj", COLUMN), ("self_attn", "k_proj", COLUMN), ("self_attn", "v_proj", COLUMN),
+            ("self_attn", "out_proj", ROW), (None, "fc1", COLUMN), (None, "fc2", ROW))
+
+
+def _on_mesh(a, mesh: Mesh) -> bool:
+    sharding = getattr(a, "sharding", None)
+    return isinstance(sharding, NamedSharding) and sharding.mesh == mesh
+
+
+def shard_model(model, mesh: Mesh, axis: str = "tp"):
+    """Megatron-style tensor parallelism for an OPTForCausalLM (dense, sparse or mixed layers), in place.
+
+    Every decoder layer's q/k/v_proj and fc1 become column-parallel and out_proj and fc2 row-parallel over
+    mesh axis ``axis`` (attention heads and FFN columns split across its devices); everything else
+    (embeddings and the tied LM head, positions, LayerNorms, project_in/out) is replicated. Returns the
+    model; ``jax_flashllm.generate`` runs on it as on one device. Load (and sparsify) the model on the host
+    CPU first — only the shards go to the accelerators.
+    """
+    cfg, size = model.config, mesh.shape[axis]
+    for name, value in (("num_attention_heads", cfg.num_attention_heads), ("ffn_dim", cfg.ffn_dim)):
+        if value % size:
+            raise ValueError(f"{name} = {value} is not a multiple of the {size} devices of mesh axis {axis!r}")
+    for layer in model.layers:
+        for parent_name, name, kind in OPT_PLAN:
+            parent = layer if parent_name is None else getattr(layer, parent_name)
+            setattr(parent, name, shard_linear(getattr(parent, name), mesh, axis, kind))
+    replicated = NamedSharding(mesh, P())
+    state = nnx.state(model)
+    nnx.update(model, jax.tree.map(lambda a: a if _on_mesh(a, mesh) else jax.device_put(a, replicated), state))
+    return model
