@@ -21,7 +21,8 @@ from jax_flashllm import prune as _prune
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
 
-__all__ = ["SparseIndex", "SparseLinear", "LayerReport", "SparsifyReport", "sparsify", "densify"]
+__all__ = ["SparseIndex", "SparseLinear", "LayerReport", "SparsifyReport", "sparsify", "densify",
+           "set_submodule"]
 
 
 class SparseIndex(nnx.Variable):
@@ -163,7 +164,8 @@ def _path_name(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _replace(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
+def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
+    """Put ``layer`` at ``path`` (as yielded by nnx.iter_graph, e.g. ("layers", 0, "fc1")) inside ``model``."""
     modules = dict(nnx.iter_graph(model))
     parent, attr = modules[path[:-1]], path[-1]
     if isinstance(attr, int):
@@ -188,7 +190,7 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     reports = []
     for i, (path, linear) in enumerate(chosen):
         sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i)
-        _replace(model, path, sparse)
+        set_submodule(model, path, sparse)
         w = sparse.weight
         reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),
                                    w.nbytes))
@@ -198,4 +200,4 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
 def densify(model: nnx.Module) -> None:
     """Replace every SparseLinear of ``model`` by the equivalent dense nnx.Linear (same dtype), in place."""
     for path, m in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)]:
-        _replace(model, path, m.to_linear())
+        set_submodule(model, path, m.to_linear())

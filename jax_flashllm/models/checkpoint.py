@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
+from jax_flashllm.nn import SparseLinear, set_submodule
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -87,7 +88,7 @@ def _hf_target(key: str, flat: dict) -> tuple[tuple, bool] | None:
     if parts[0] != "decoder":
         raise CheckpointError(f"unexpected tensor {key!r} in an OPT checkpoint")
     module = tuple(int(p) if p.isdigit() else p for p in parts[1:-1])
-    if parts[-1] == "bias":
+    if parts[-1] == "bias" and module + ("bias",) in flat:
         return module + ("bias",), False
     if parts[-1] == "weight":
         # The same HF name "weight" is a Linear kernel (stored transposed), an embedding or a LayerNorm scale.
@@ -149,11 +150,10 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     Sparse layers are stored in their encoded form (values, locations, tile_offsets), so loading skips the
     pruning and the encoding.
     """
-    from jax_flashllm.nn import SparseLinear
-
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)
-    sparse = {_key(p): m.spec() for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)}
+    sparse = {_key(p): {**m.spec(), "path": list(p)} for p, m in nnx.iter_graph(model)
+              if isinstance(m, SparseLinear)}
     tensors = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name, "sparse_layers": json.dumps(sparse)}
     with open(os.path.join(directory, "config.json"), "w") as f:
@@ -163,8 +163,6 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
 
 def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     """Load a model written by ``save_model`` (dense or sparsified), every shape checked."""
-    from jax_flashllm.nn import SparseLinear
-
     directory = os.fspath(path)
     config = OPTConfig.from_json(directory)
     file = os.path.join(directory, SINGLE_FILE)
@@ -176,11 +174,8 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
     model = OPTForCausalLM.abstract(config, meta["dtype"])
-    modules = dict(nnx.iter_graph(model))
-    for name, spec in json.loads(meta["sparse_layers"]).items():
-        parent_path, _, attr = name.rpartition(".")
-        parent = modules[tuple(int(p) if p.isdigit() else p for p in parent_path.split("."))]
-        setattr(parent, attr, SparseLinear.abstract(spec))
+    for spec in json.loads(meta["sparse_layers"]).values():
+        set_submodule(model, tuple(spec["path"]), SparseLinear.abstract(spec))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     keys = set(handle.keys())
