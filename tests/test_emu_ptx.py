@@ -379,6 +379,8 @@ def test_launch_limits(grid, block, smem, match):
         ("exit_at_collective", r"shfl.sync.bfly needs all 32 lanes of the warp, but only 16"),
         ("ldmatrix_out_of_range", r"warp 0: ldmatrix: lane 0's address .* outside the block's 256 bytes"),
         ("ldmatrix_misaligned", r"ldmatrix: lane 0's shared-memory offset 8 is not 16-byte aligned"),
+        ("ldmatrix_reads_inflight", r"ldmatrix: lane 0 accesses shared offset 0 while a cp.async into "
+                                    r"it is in flight"),
     ],
 )
 def test_divergence_and_bad_addresses_are_reported(name, match):
@@ -390,6 +392,12 @@ def test_shared_memory_starts_as_0xcd_and_exited_threads_leave_barriers():
     np.testing.assert_array_equal(emu.scenario("uninitialized_smem", 64), np.full(256, 0xCD, np.uint8))
     out = emu.scenario("early_exit_barrier", 96)
     np.testing.assert_array_equal(out[:96], np.where(np.arange(96) // 32 == 1, 0, 1))
+
+
+def test_ldmatrix_after_wait_sees_the_copied_bytes():
+    out = emu.scenario("ldmatrix_after_wait", 32)
+    # Every row holds out[0:16] (all zero before the copy lands, 0xCD if it never did).
+    np.testing.assert_array_equal(out[:256], np.zeros(256, np.uint8))
 
 
 def test_a_failed_launch_leaves_the_emulator_usable():

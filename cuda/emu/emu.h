@@ -209,6 +209,8 @@ struct AsyncCopy {
   unsigned char data[16];
 };
 std::vector<AsyncCopy>& async_uncommitted();
+// Per 16-byte chunk of the block's shared memory: how many cp.async copies into it are in flight.
+uint16_t* inflight_chunks();
 std::vector<std::vector<AsyncCopy>>& async_groups();
 
 }  // namespace detail

@@ -50,6 +50,7 @@ struct Worker {
   fiber::Context sched;
   std::unique_ptr<unsigned char, decltype(&std::free)> smem{nullptr, &std::free};
   size_t smem_capacity = 0;
+  std::vector<uint16_t> inflight;  // per 16-byte shared chunk: cp.async copies not yet landed
   size_t smem_bytes = 0;
   int nthreads = 0;
   int live = 0;
@@ -233,6 +234,7 @@ void run_block(Worker& wk, uint3 bidx) {
     std::memset(w.async_issued, 0, sizeof w.async_issued);
   }
   if (wk.smem_bytes) std::memset(wk.smem.get(), 0xCD, wk.smem_bytes);
+  wk.inflight.assign((wk.smem_bytes + 15) / 16, 0);
   wk.live = wk.nthreads;
   wk.barrier_arrived = 0;
   // Fibers hand over to each other; control returns here only when none is runnable.
@@ -460,6 +462,8 @@ void note_async_read(const void* src, int bytes) {
   for (uint64_t s = sector_of(a), last = sector_of(a + bytes - 1); s <= last; ++s)
     w.buckets[k].push_back(s);
 }
+
+uint16_t* inflight_chunks() { return worker().inflight.data(); }
 
 std::vector<AsyncCopy>& async_uncommitted() { return worker().current->uncommitted; }
 std::vector<std::vector<AsyncCopy>>& async_groups() { return worker().current->groups; }

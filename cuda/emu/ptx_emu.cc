@@ -72,6 +72,22 @@ int append_words(uint32_t* words, int n, uintptr_t off, int bytes) {
   return n;
 }
 
+// A counted shared access must not touch a 16-byte chunk that a cp.async still has in flight: on the
+// GPU that is a race (a missing or too weak cp.async.wait_group, or a store into a buffer that is
+// still being filled); here it would silently read stale data, so it is reported instead.
+void check_not_inflight(uintptr_t off, int bytes, const char* op, int lane) {
+  const uint16_t* inflight = detail::inflight_chunks();
+  for (uintptr_t c = off / 16; c <= (off + bytes - 1) / 16; ++c) {
+    if (inflight[c] == 0) continue;
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "%s: lane %d accesses shared offset %zu while a cp.async into it is in flight "
+                  "(missing cp.async.wait_group, or a store racing the copy)",
+                  op, lane, size_t(off));
+    detail::fail(buf);
+  }
+}
+
 // ---- Global sectors ---------------------------------------------------------------------------
 // A warp's global request is served in 32-byte sectors; count the distinct ones its lanes touch
 // (at most 2 per lane: accesses are at most 16 bytes and naturally aligned).
@@ -111,6 +127,7 @@ void exec_ldmatrix(const WarpCall& call) {
   for (int i = 0; i < 8 * num; ++i) {
     const auto& li = *static_cast<const LdmatrixLane*>(call.lane_data[i]);
     detail::check_smem(li.row, 16, 16, "ldmatrix", i);
+    check_not_inflight(smem_offset(li.row), 16, "ldmatrix", i);
     rows[i] = static_cast<const unsigned char*>(li.row);
     nwords = append_words(words, nwords, smem_offset(li.row), 16);
   }
@@ -279,6 +296,7 @@ void exec_smem(const WarpCall& call) {
   for (int l = 0; l < 32; ++l) {
     const auto& sl = *static_cast<SmemLane<T>*>(call.lane_data[l]);
     detail::check_smem(sl.p, sizeof(T), sizeof(T), kName, l);
+    check_not_inflight(smem_offset(sl.p), int(sizeof(T)), kName, l);
     n = append_words(words, n, smem_offset(sl.p), int(sizeof(T)));
   }
   count_bank_conflicts(words, n);
@@ -356,6 +374,7 @@ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
   }
   detail::note_async_read(gmem_src, src_bytes);
   detail::async_uncommitted().push_back(copy);
+  ++detail::inflight_chunks()[smem_offset(smem_dst) / 16];
 }
 
 // cp.async.commit_group: everything issued since the last commit becomes one group (possibly empty).
@@ -370,8 +389,12 @@ void cp_async_wait(int n) {
   auto& groups = detail::async_groups();
   if (int(groups.size()) <= n) return;
   const size_t land = groups.size() - size_t(n);
+  uint16_t* inflight = detail::inflight_chunks();
   for (size_t g = 0; g < land; ++g)
-    for (const auto& c : groups[g]) std::memcpy(c.dst, c.data, 16);
+    for (const auto& c : groups[g]) {
+      std::memcpy(c.dst, c.data, 16);
+      --inflight[smem_offset(c.dst) / 16];
+    }
   groups.erase(groups.begin(), groups.begin() + long(land));
 }
 

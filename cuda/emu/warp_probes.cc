@@ -295,6 +295,18 @@ __global__ void scenario_probe(int which, uint8_t* out) {
     case 7:  // cp.async into shared memory from a source outside the registered buffers
       ptx::cp_async_16(smem, out + 4096, 16);
       break;
+    case 8:  // ldmatrix of rows a committed but not yet awaited cp.async is still filling
+      ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
+      ptx::cp_async_commit();
+      ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
+      break;
+    case 9:  // the same, correctly awaited: legal
+      ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
+      ptx::cp_async_commit();
+      ptx::cp_async_wait<0>();
+      ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
+      for (int j = 0; j < 4; ++j) out[16 * (t % 16) + j] = uint8_t(r[j]);
+      break;
   }
 }
 
@@ -302,9 +314,10 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
   static const char* const kNames[] = {"collective_mismatch", "collective_vs_barrier",
                                        "exit_at_collective",  "ldmatrix_out_of_range",
                                        "ldmatrix_misaligned", "uninitialized_smem",
-                                       "early_exit_barrier",  "cp_async_out_of_bounds"};
+                                       "early_exit_barrier",  "cp_async_out_of_bounds",
+                                       "ldmatrix_reads_inflight", "ldmatrix_after_wait"};
   int which = -1;
-  for (int i = 0; i < 8; ++i)
+  for (int i = 0; i < 10; ++i)
     if (name == kNames[i]) which = i;
   if (which < 0) throw std::invalid_argument("unknown scenario " + name);
   std::vector<uint8_t> out(256, 0);
