@@ -21,10 +21,10 @@ CONFIG_NAMES = [c.name for c in _tiling.CONFIGS]
 NS = (1, 3, 8, 9, 16, 31, 32, 33, 64, 65, 128, 200)
 
 
-def _check(y, x, w: SparseMatrix):
+def _check(y, x, w: SparseMatrix, w_dense):
     """Within the dense kernel's own rounding (shared oracle), and element by element within one
-    ulp of the dtype plus fp32 accumulation error, so a single wrong small element also fails."""
-    w_dense = np.asarray(w.to_dense())
+    ulp of the dtype plus fp32 accumulation error, so a single wrong small element also fails.
+    w_dense: the (M, K) matrix w encodes, in w's dtype (numpy, to keep jax out of the loop)."""
     assert y.dtype == w.dtype and y.shape == (x.shape[0], w.shape[0])
     assert_close_to_reference(y, x, w_dense)
     x64, w64 = x.astype(np.float64), w_dense.astype(np.float64)
@@ -37,10 +37,12 @@ def _check(y, x, w: SparseMatrix):
 
 
 def _case(seed, m, k, n, sparsity, dtype):
+    """(w SparseMatrix, x (n, k), w_dense (m, k)) in dtype."""
     rng = np.random.default_rng(seed)
-    w = SparseMatrix.from_dense(random_sparse(rng, (m, k), sparsity), dtype=dtype)
+    dense = random_sparse(rng, (m, k), sparsity).astype(dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype)
     x = rng.standard_normal((n, k)).astype(dtype)
-    return w, x
+    return w, x, dense
 
 
 def test_tiling_table_matches_kernel():
@@ -50,7 +52,7 @@ def test_tiling_table_matches_kernel():
 
 @pytest.mark.parametrize("n", NS)
 def test_dispatch_uses_python_config_choice(n):
-    w, x = _case(0, 40, 24, n, 0.5, DTYPES[0])
+    w, x, wd = _case(0, 40, 24, n, 0.5, DTYPES[0])
     _, stats = emulated_spmm_stats(w, x, split_k=1)
     assert stats["config"] == _tiling.choose_config(n).name
 
@@ -62,8 +64,8 @@ def test_matches_reference(n, dtype, split_k):
     # M = 300: three format tile rows, not a multiple of any block. K alternates between an
     # unaligned width (element-wise X loads) and a 16-byte multiple (cp.async with masked tail).
     k = 197 if split_k == 1 else 264
-    w, x = _case(n * 7 + split_k, 300, k, n, 0.7, dtype)
-    _check(emulated_spmm(w, x, split_k=split_k), x, w)
+    w, x, wd = _case(n * 7 + split_k, 300, k, n, 0.7, dtype)
+    _check(emulated_spmm(w, x, split_k=split_k), x, w, wd)
 
 
 @pytest.mark.parametrize("split_k", [1, 2])
@@ -72,10 +74,10 @@ def test_matches_reference(n, dtype, split_k):
 def test_every_config_any_n(config, dtype, split_k):
     # A forced config sees N below, at and above its block width (several blocks along N).
     for n in (5, 40, 133):
-        w, x = _case(n + split_k, 259, 136, n, 0.8, dtype)
+        w, x, wd = _case(n + split_k, 259, 136, n, 0.8, dtype)
         y, stats = emulated_spmm_stats(w, x, split_k=split_k, config=config)
         assert stats["config"] == config
-        _check(y, x, w)
+        _check(y, x, w, wd)
 
 
 def _mixed_density_matrix(rng, dtype):
@@ -88,24 +90,25 @@ def _mixed_density_matrix(rng, dtype):
             blk = rng.standard_normal((128, 64)).astype(np.float32) * (rng.random((128, 64)) < d)
             w[mt * 128:(mt + 1) * 128, kt * 64:(kt + 1) * 64] = blk
     w[128 + 77, 64 + 5] = 3.0  # an otherwise empty tile with one entry
-    return SparseMatrix.from_dense(w, dtype=dtype)
+    dense = w.astype(dtype)
+    return SparseMatrix.from_dense(dense, dtype=dtype), dense
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("config", CONFIG_NAMES)
 def test_empty_and_fully_dense_tiles(config, dtype):
     rng = np.random.default_rng(3)
-    w = _mixed_density_matrix(rng, dtype)
+    w, wd = _mixed_density_matrix(rng, dtype)
     counts = np.diff(np.asarray(w.tile_offsets))
     assert counts.max() == 128 * 64 and 0 in counts  # really has dense and empty tiles
     x = rng.standard_normal((20, 256)).astype(dtype)
     for split_k in (1, 2):
-        _check(emulated_spmm(w, x, split_k=split_k, config=config), x, w)
+        _check(emulated_spmm(w, x, split_k=split_k, config=config), x, w, wd)
     # Cropped to an unaligned shape: partial tiles at both edges.
-    dense = np.asarray(w.to_dense())[:301, :250]
-    w2 = SparseMatrix.from_dense(dense, dtype=dtype)
+    wd2 = np.ascontiguousarray(wd[:301, :250])
+    w2 = SparseMatrix.from_dense(wd2, dtype=dtype)
     x2 = rng.standard_normal((7, 250)).astype(dtype)
-    _check(emulated_spmm(w2, x2, split_k=1, config=config), x2, w2)
+    _check(emulated_spmm(w2, x2, split_k=1, config=config), x2, w2, wd2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
@@ -120,22 +123,22 @@ def test_all_zero_matrix(dtype):
 
 def test_more_splits_than_k_tiles():
     # Splits with no K tiles must still write (zero) partials for the reduce.
-    w, x = _case(11, 150, 100, 6, 0.5, DTYPES[1])  # 2 K tiles
-    _check(emulated_spmm(w, x, split_k=5), x, w)
+    w, x, wd = _case(11, 150, 100, 6, 0.5, DTYPES[1])  # 2 K tiles
+    _check(emulated_spmm(w, x, split_k=5), x, w, wd)
 
 
 def test_default_split_follows_choose_split_k():
-    w, x = _case(12, 200, 1024, 4, 0.8, DTYPES[0])
+    w, x, wd = _case(12, 200, 1024, 4, 0.8, DTYPES[0])
     split = _tiling.choose_split_k(200, 1024, 4, 132)
     assert split > 1  # a decode shape: 1 block along M, 16 K tiles
     y_default = emulated_spmm(w, x)
     np.testing.assert_array_equal(y_default.view(np.uint16),
                                   emulated_spmm(w, x, split_k=split).view(np.uint16))
-    _check(y_default, x, w)
+    _check(y_default, x, w, wd)
 
 
 def test_rejects_bad_arguments():
-    w, x = _case(13, 64, 64, 2, 0.5, DTYPES[0])
+    w, x, wd = _case(13, 64, 64, 2, 0.5, DTYPES[0])
     with pytest.raises(ValueError):
         emulated_spmm(w, x[:, :32])
     with pytest.raises(ValueError):
@@ -164,7 +167,7 @@ EXPECTED_STATS = {
 
 def _stats_case(config):
     cfg = next(c for c in _tiling.CONFIGS if c.name == config)
-    w, x = _case(2024, 512, 512, cfg.block_n, 0.8, DTYPES[1])
+    w, x, wd = _case(2024, 512, 512, cfg.block_n, 0.8, DTYPES[1])
     _, stats = emulated_spmm_stats(w, x, split_k=1, config=config)
     stats.pop("config")
     return stats
