@@ -73,16 +73,19 @@ class SparseLinear(nnx.Module):
         bias = None if linear.bias is None else linear.bias[...]
         return cls(SparseMatrix.from_dense(w, dtype=dtype), bias)
 
-    def to_linear(self) -> nnx.Linear:
-        """A dense nnx.Linear with the same weights (W.to_dense(), in W's dtype): the pure-JAX reference path.
-        Its output is in W's dtype (bias added there too), close to but not bit-equal with __call__."""
-        # dtype=W's dtype: x is rounded to it as in __call__, so only the summation order differs.
-        dtype = self.weight.dtype
+    def to_linear(self, dtype=None) -> nnx.Linear:
+        """A dense nnx.Linear with the same weights (W.to_dense()): the pure-JAX reference path.
+
+        dtype None: W's dtype for the kernel and the computation, so x is rounded as in __call__ and only the
+        summation order differs (output in W's dtype, bias added there). dtype float32: the same (exactly
+        representable) weights in a float32 layer, the fastest dense option on CPU.
+        """
+        dtype = self.weight.dtype if dtype is None else jnp.dtype(dtype)
         dense = nnx.eval_shape(lambda: nnx.Linear(self.in_features, self.out_features, use_bias=self.use_bias,
                                                   dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0)))
-        dense.kernel = nnx.Param(self.weight.to_dense().T)
+        dense.kernel = nnx.Param(self.weight.to_dense().T.astype(dtype))
         if self.bias is not None:
-            dense.bias = nnx.Param(self.bias[...])
+            dense.bias = nnx.Param(self.bias[...].astype(dtype))
         return dense
 
     def spec(self) -> dict:
@@ -197,7 +200,8 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     return SparsifyReport(tuple(reports))
 
 
-def densify(model: nnx.Module) -> None:
-    """Replace every SparseLinear of ``model`` by the equivalent dense nnx.Linear (same dtype), in place."""
+def densify(model: nnx.Module, dtype=None) -> None:
+    """Replace every SparseLinear of ``model`` by the equivalent dense nnx.Linear, in place (see
+    ``SparseLinear.to_linear`` for ``dtype``)."""
     for path, m in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)]:
-        set_submodule(model, path, m.to_linear())
+        set_submodule(model, path, m.to_linear(dtype))
