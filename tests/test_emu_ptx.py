@@ -381,6 +381,8 @@ def test_launch_limits(grid, block, smem, match):
         ("ldmatrix_misaligned", r"ldmatrix: lane 0's shared-memory offset 8 is not 16-byte aligned"),
         ("ldmatrix_reads_inflight", r"ldmatrix: lane 0 accesses shared offset 0 while a cp.async into "
                                     r"it is in flight"),
+        ("missing_barrier_after_wait", r"warp 1: ldmatrix: lane 0 accesses shared offset 0, which warp 0's "
+                                       r"cp.async landed with no __syncthreads since"),
     ],
 )
 def test_divergence_and_bad_addresses_are_reported(name, match):

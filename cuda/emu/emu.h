@@ -211,6 +211,10 @@ struct AsyncCopy {
 std::vector<AsyncCopy>& async_uncommitted();
 // Per 16-byte chunk of the block's shared memory: how many cp.async copies into it are in flight.
 uint16_t* inflight_chunks();
+// Per chunk: the warp whose cp.async.wait_group landed it since the last __syncthreads, or -1.
+// cp.async data is visible to the waiting thread only until a barrier publishes it.
+const int16_t* landed_by_warp();
+void mark_landed(size_t chunk);
 std::vector<std::vector<AsyncCopy>>& async_groups();
 
 }  // namespace detail

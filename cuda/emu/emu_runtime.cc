@@ -51,6 +51,8 @@ struct Worker {
   std::unique_ptr<unsigned char, decltype(&std::free)> smem{nullptr, &std::free};
   size_t smem_capacity = 0;
   std::vector<uint16_t> inflight;  // per 16-byte shared chunk: cp.async copies not yet landed
+  std::vector<int16_t> landed_by;  // per chunk: warp whose cp.async landed it since the last barrier
+  std::vector<uint32_t> landed_list;  // chunks with landed_by >= 0 (reset at the next barrier)
   size_t smem_bytes = 0;
   int nthreads = 0;
   int live = 0;
@@ -130,6 +132,8 @@ void release_barrier(Worker& wk) {
     flush_async(wk, w);
   }
   wk.barrier_arrived = 0;
+  for (uint32_t c : wk.landed_list) wk.landed_by[c] = -1;  // the barrier publishes landed copies
+  wk.landed_list.clear();
 }
 
 // Suspends `from` (already marked blocked or done) and resumes the next runnable thread in
@@ -235,6 +239,8 @@ void run_block(Worker& wk, uint3 bidx) {
   }
   if (wk.smem_bytes) std::memset(wk.smem.get(), 0xCD, wk.smem_bytes);
   wk.inflight.assign((wk.smem_bytes + 15) / 16, 0);
+  wk.landed_by.assign((wk.smem_bytes + 15) / 16, -1);
+  wk.landed_list.clear();
   wk.live = wk.nthreads;
   wk.barrier_arrived = 0;
   // Fibers hand over to each other; control returns here only when none is runnable.
@@ -464,6 +470,14 @@ void note_async_read(const void* src, int bytes) {
 }
 
 uint16_t* inflight_chunks() { return worker().inflight.data(); }
+
+const int16_t* landed_by_warp() { return worker().landed_by.data(); }
+
+void mark_landed(size_t chunk) {
+  Worker& wk = worker();
+  if (wk.landed_by[chunk] < 0) wk.landed_list.push_back(uint32_t(chunk));
+  wk.landed_by[chunk] = int16_t(wk.current->warp);
+}
 
 std::vector<AsyncCopy>& async_uncommitted() { return worker().current->uncommitted; }
 std::vector<std::vector<AsyncCopy>>& async_groups() { return worker().current->groups; }

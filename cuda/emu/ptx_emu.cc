@@ -72,19 +72,30 @@ int append_words(uint32_t* words, int n, uintptr_t off, int bytes) {
   return n;
 }
 
-// A counted shared access must not touch a 16-byte chunk that a cp.async still has in flight: on the
-// GPU that is a race (a missing or too weak cp.async.wait_group, or a store into a buffer that is
-// still being filled); here it would silently read stale data, so it is reported instead.
-void check_not_inflight(uintptr_t off, int bytes, const char* op, int lane) {
+// A counted shared access must not touch a 16-byte chunk that a cp.async still has in flight (a
+// missing or too weak cp.async.wait_group, or a store into a buffer that is still being filled), nor
+// one that another warp's wait_group landed after the last __syncthreads (the copy is visible only
+// to the waiting thread until a barrier). Both are races on the GPU; the emulator would silently
+// give stale or lucky data, so it reports them.
+void check_chunks(uintptr_t off, int bytes, const char* op, int lane, int warp) {
   const uint16_t* inflight = detail::inflight_chunks();
+  const int16_t* landed = detail::landed_by_warp();
   for (uintptr_t c = off / 16; c <= (off + bytes - 1) / 16; ++c) {
-    if (inflight[c] == 0) continue;
-    char buf[200];
-    std::snprintf(buf, sizeof buf,
-                  "%s: lane %d accesses shared offset %zu while a cp.async into it is in flight "
-                  "(missing cp.async.wait_group, or a store racing the copy)",
-                  op, lane, size_t(off));
-    detail::fail(buf);
+    char buf[240];
+    if (inflight[c] != 0) {
+      std::snprintf(buf, sizeof buf,
+                    "%s: lane %d accesses shared offset %zu while a cp.async into it is in flight "
+                    "(missing cp.async.wait_group, or a store racing the copy)",
+                    op, lane, size_t(off));
+      detail::fail(buf);
+    }
+    if (landed[c] >= 0 && landed[c] != warp) {
+      std::snprintf(buf, sizeof buf,
+                    "%s: lane %d accesses shared offset %zu, which warp %d's cp.async landed with no "
+                    "__syncthreads since (missing barrier after cp.async.wait_group)",
+                    op, lane, size_t(off), int(landed[c]));
+      detail::fail(buf);
+    }
   }
 }
 
@@ -127,7 +138,7 @@ void exec_ldmatrix(const WarpCall& call) {
   for (int i = 0; i < 8 * num; ++i) {
     const auto& li = *static_cast<const LdmatrixLane*>(call.lane_data[i]);
     detail::check_smem(li.row, 16, 16, "ldmatrix", i);
-    check_not_inflight(smem_offset(li.row), 16, "ldmatrix", i);
+    check_chunks(smem_offset(li.row), 16, "ldmatrix", i, call.warp);
     rows[i] = static_cast<const unsigned char*>(li.row);
     nwords = append_words(words, nwords, smem_offset(li.row), 16);
   }
@@ -296,7 +307,7 @@ void exec_smem(const WarpCall& call) {
   for (int l = 0; l < 32; ++l) {
     const auto& sl = *static_cast<SmemLane<T>*>(call.lane_data[l]);
     detail::check_smem(sl.p, sizeof(T), sizeof(T), kName, l);
-    check_not_inflight(smem_offset(sl.p), int(sizeof(T)), kName, l);
+    check_chunks(smem_offset(sl.p), int(sizeof(T)), kName, l, call.warp);
     n = append_words(words, n, smem_offset(sl.p), int(sizeof(T)));
   }
   count_bank_conflicts(words, n);
@@ -394,6 +405,7 @@ void cp_async_wait(int n) {
     for (const auto& c : groups[g]) {
       std::memcpy(c.dst, c.data, 16);
       --inflight[smem_offset(c.dst) / 16];
+      detail::mark_landed(smem_offset(c.dst) / 16);
     }
   groups.erase(groups.begin(), groups.begin() + long(land));
 }

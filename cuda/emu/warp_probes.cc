@@ -300,6 +300,14 @@ __global__ void scenario_probe(int which, uint8_t* out) {
       ptx::cp_async_commit();
       ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
       break;
+    case 10:  // warp 1 reads rows warp 0 copied and awaited, without a barrier in between
+      if (t < 32) {
+        ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
+        ptx::cp_async_commit();
+        ptx::cp_async_wait<0>();
+      }
+      if (t >= 32) ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
+      break;
     case 9:  // the same, correctly awaited: legal
       ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
       ptx::cp_async_commit();
@@ -315,9 +323,10 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
                                        "exit_at_collective",  "ldmatrix_out_of_range",
                                        "ldmatrix_misaligned", "uninitialized_smem",
                                        "early_exit_barrier",  "cp_async_out_of_bounds",
-                                       "ldmatrix_reads_inflight", "ldmatrix_after_wait"};
+                                       "ldmatrix_reads_inflight", "ldmatrix_after_wait",
+                                       "missing_barrier_after_wait"};
   int which = -1;
-  for (int i = 0; i < 10; ++i)
+  for (int i = 0; i < 11; ++i)
     if (name == kNames[i]) which = i;
   if (which < 0) throw std::invalid_argument("unknown scenario " + name);
   std::vector<uint8_t> out(256, 0);
