@@ -200,6 +200,8 @@ def test_cp_async_zero_fill_and_wait_group_semantics():
              if lane % 17}
     assert stats["gmem_requests"] == 2
     assert stats["gmem_sectors"] == len(read0) + 8
+    assert emu.op_stats() == {"cp.async": dict(requests=2, wavefronts=0, bank_conflicts=0,
+                                               sectors=len(read0) + 8)}
 
 
 def test_cp_async_source_outside_buffers_is_an_error():
@@ -228,6 +230,7 @@ def test_ldg_data_and_sector_counts(op, offsets, sectors):
     expect = np.stack([gmem[o:o + width].view(np.uint32) for o in offsets])
     np.testing.assert_array_equal(words, expect)
     assert (stats["gmem_requests"], stats["gmem_sectors"]) == (1, sectors)
+    assert emu.op_stats() == {op: dict(requests=1, wavefronts=0, bank_conflicts=0, sectors=sectors)}
 
 
 def test_ldg_bounds_and_alignment_errors():
@@ -299,6 +302,8 @@ def test_shared_store_load_counts(op, offsets, wavefronts, conflicts):
     after, loaded, stats = emu.warp_smem(op, init, offsets, values)
     assert (stats["smem_requests"], stats["smem_wavefronts"], stats["smem_bank_conflicts"]) == (
         1, wavefronts, conflicts)
+    assert emu.op_stats() == {op: dict(requests=1, wavefronts=wavefronts, bank_conflicts=conflicts,
+                                       sectors=0)}
     expect = init.copy()
     if op == "sts_16":
         for lane in range(32):  # lane order decides between lanes writing one address

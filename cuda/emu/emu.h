@@ -125,8 +125,19 @@ struct Stats {
   uint64_t gmem_sectors = 0;         // distinct 32-byte sectors those requests touched
 };
 
+// The same counters broken down by instruction, for finding where conflicts come from.
+enum class Op : int { kLdmatrix, kSts16, kSts128, kLds128, kLdg128, kLdg32, kCpAsync, kCount };
+struct OpStats {
+  const char* op;  // "ldmatrix", "sts_16", "sts_128", "lds_128", "ldg_128", "ldg_32", "cp.async"
+  uint64_t requests = 0;
+  uint64_t wavefronts = 0;      // shared-memory instructions
+  uint64_t bank_conflicts = 0;  // shared-memory instructions
+  uint64_t sectors = 0;         // global-memory instructions
+};
+
 void reset_stats();
 Stats stats();
+std::vector<OpStats> op_stats();  // one entry per Op, in enum order
 // (name, value) pairs in declaration order, for bindings that turn Stats into a dict.
 std::vector<std::pair<const char*, uint64_t>> stats_fields(const Stats& s);
 
@@ -197,8 +208,8 @@ void check_global(const void* p, size_t bytes, const char* op, int lane);
 uint64_t sector_of(const void* p);
 
 // Accounting hooks used by ptx_emu.cc.
-void count_smem(uint64_t wavefronts, uint64_t min_wavefronts);
-void count_gmem(uint64_t sectors);
+void count_smem(Op op, uint64_t wavefronts, uint64_t min_wavefronts);
+void count_gmem(Op op, uint64_t sectors);
 // cp.async issued by one lane outside a collective: the k-th cp.async of each lane since the warp's
 // last synchronization point is taken to be the same warp instruction (sectors counted per bucket).
 void note_async_read(const void* src, int bytes);

@@ -63,12 +63,16 @@ struct Worker {
   const void* payload = nullptr;
   std::string error;
   Stats stats;
+  OpStats ops[int(Op::kCount)];
 };
 
 thread_local Worker* tls_worker = nullptr;
 
 std::mutex g_mutex;  // guards the globals below
 Stats g_stats;
+OpStats g_ops[int(Op::kCount)];
+const char* const kOpNames[int(Op::kCount)] = {"ldmatrix", "sts_16",  "sts_128", "lds_128",
+                                               "ldg_128",  "ldg_32",  "cp.async"};
 std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;  // registered global [begin, end)
 size_t g_max_smem = 101376;
 int g_workers = [] {
@@ -111,14 +115,21 @@ std::string lanes_in(const Worker& wk, int w, State s) {
   return out;
 }
 
+void add_gmem(Worker& wk, Op op, uint64_t sectors) {
+  wk.stats.gmem_requests += 1;
+  wk.stats.gmem_sectors += sectors;
+  OpStats& o = wk.ops[int(op)];
+  o.requests += 1;
+  o.sectors += sectors;
+}
+
 void flush_async(Worker& wk, Warp& w) {
   int n = 0;
   for (int l = 0; l < 32; ++l) n = std::max(n, int(w.async_issued[l]));
   for (int k = 0; k < n; ++k) {
     auto& b = w.buckets[k];
     std::sort(b.begin(), b.end());
-    wk.stats.gmem_requests += 1;
-    wk.stats.gmem_sectors += uint64_t(std::unique(b.begin(), b.end()) - b.begin());
+    add_gmem(wk, Op::kCpAsync, uint64_t(std::unique(b.begin(), b.end()) - b.begin()));
     b.clear();
   }
   std::memset(w.async_issued, 0, sizeof w.async_issued);
@@ -214,6 +225,7 @@ void prepare(Worker& wk, dim3 block, size_t smem_bytes) {
   }
   wk.smem_bytes = smem_bytes;
   wk.stats = Stats{};
+  for (auto& o : wk.ops) o = OpStats{};
   wk.error.clear();
   wk.exec_warp = -1;
 }
@@ -319,6 +331,12 @@ void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, 
     g_stats.smem_bank_conflicts += wk.stats.smem_bank_conflicts;
     g_stats.gmem_requests += wk.stats.gmem_requests;
     g_stats.gmem_sectors += wk.stats.gmem_sectors;
+    for (int i = 0; i < int(Op::kCount); ++i) {
+      g_ops[i].requests += wk.ops[i].requests;
+      g_ops[i].wavefronts += wk.ops[i].wavefronts;
+      g_ops[i].bank_conflicts += wk.ops[i].bank_conflicts;
+      g_ops[i].sectors += wk.ops[i].sectors;
+    }
   };
 
   const int nworkers = int(std::min<uint64_t>(uint64_t(num_workers()), nblocks));
@@ -442,18 +460,18 @@ uint64_t sector_of(const void* p) {
   return a / 32;
 }
 
-void count_smem(uint64_t wavefronts, uint64_t min_wavefronts) {
-  Stats& s = worker().stats;
-  s.smem_requests += 1;
-  s.smem_wavefronts += wavefronts;
-  s.smem_bank_conflicts += wavefronts - min_wavefronts;
+void count_smem(Op op, uint64_t wavefronts, uint64_t min_wavefronts) {
+  Worker& wk = worker();
+  wk.stats.smem_requests += 1;
+  wk.stats.smem_wavefronts += wavefronts;
+  wk.stats.smem_bank_conflicts += wavefronts - min_wavefronts;
+  OpStats& o = wk.ops[int(op)];
+  o.requests += 1;
+  o.wavefronts += wavefronts;
+  o.bank_conflicts += wavefronts - min_wavefronts;
 }
 
-void count_gmem(uint64_t sectors) {
-  Stats& s = worker().stats;
-  s.gmem_requests += 1;
-  s.gmem_sectors += sectors;
-}
+void count_gmem(Op op, uint64_t sectors) { add_gmem(worker(), op, sectors); }
 
 void note_async_read(const void* src, int bytes) {
   Worker& wk = worker();
@@ -487,6 +505,14 @@ std::vector<std::vector<AsyncCopy>>& async_groups() { return worker().current->g
 void reset_stats() {
   std::lock_guard<std::mutex> lock(detail::g_mutex);
   detail::g_stats = Stats{};
+  for (auto& o : detail::g_ops) o = OpStats{};
+}
+
+std::vector<OpStats> op_stats() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  std::vector<OpStats> out(detail::g_ops, detail::g_ops + int(Op::kCount));
+  for (int i = 0; i < int(Op::kCount); ++i) out[size_t(i)].op = detail::kOpNames[i];
+  return out;
 }
 
 Stats stats() {

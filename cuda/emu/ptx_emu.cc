@@ -16,6 +16,7 @@ namespace ptx_impl {
 namespace {
 
 using detail::WarpCall;
+using emu::Op;
 
 // Collective kinds: lanes of one warp must all be at the same kind (else: divergence error).
 enum Kind : int {
@@ -50,7 +51,7 @@ uintptr_t smem_offset(const void* p) {
 // conflict-free 2-wavefront ldmatrix.x2 for 16 rows 32 bytes apart (rows 0 and 4 of each 8-row
 // matrix share banks), which a strict per-8-address-phase model would count as 2 extra wavefronts.
 // For 128-byte rows (the kernel's tiles) both models agree.
-void count_bank_conflicts(const uint32_t* words, int n) {
+void count_bank_conflicts(Op op, const uint32_t* words, int n) {
   uint32_t seen[32][32 * 4];  // distinct words per bank (a request touches at most 128 words)
   int per_bank[32] = {};
   int distinct = 0, worst = 0;
@@ -63,7 +64,7 @@ void count_bank_conflicts(const uint32_t* words, int n) {
     worst = std::max(worst, per_bank[bank]);
     ++distinct;
   }
-  detail::count_smem(uint64_t(worst), uint64_t((distinct + 31) / 32));
+  detail::count_smem(op, uint64_t(worst), uint64_t((distinct + 31) / 32));
 }
 
 // Words [off/4, (off+bytes-1)/4] of one lane's access appended to `words`.
@@ -102,7 +103,7 @@ void check_chunks(uintptr_t off, int bytes, const char* op, int lane, int warp) 
 // ---- Global sectors ---------------------------------------------------------------------------
 // A warp's global request is served in 32-byte sectors; count the distinct ones its lanes touch
 // (at most 2 per lane: accesses are at most 16 bytes and naturally aligned).
-void count_sectors(const void* const* addr, int bytes) {
+void count_sectors(Op op, const void* const* addr, int bytes) {
   uint64_t sectors[64];
   int n = 0;
   for (int l = 0; l < 32; ++l) {
@@ -111,7 +112,7 @@ void count_sectors(const void* const* addr, int bytes) {
       sectors[n++] = s;
   }
   std::sort(sectors, sectors + n);
-  detail::count_gmem(uint64_t(std::unique(sectors, sectors + n) - sectors));
+  detail::count_gmem(op, uint64_t(std::unique(sectors, sectors + n) - sectors));
 }
 
 // ---- ldmatrix ---------------------------------------------------------------------------------
@@ -142,7 +143,7 @@ void exec_ldmatrix(const WarpCall& call) {
     rows[i] = static_cast<const unsigned char*>(li.row);
     nwords = append_words(words, nwords, smem_offset(li.row), 16);
   }
-  count_bank_conflicts(words, nwords);
+  count_bank_conflicts(Op::kLdmatrix, words, nwords);
   for (int l = 0; l < 32; ++l) {
     const auto& ll = *static_cast<const LdmatrixLane*>(call.lane_data[l]);
     const int group = l / 4, pair = (l % 4) * 2;
@@ -272,7 +273,7 @@ struct LdgLane {
   T out;
 };
 
-template <class T, const char* kName>
+template <class T, Op kOp, const char* kName>
 void exec_ldg(const WarpCall& call) {
   const void* addr[32];
   for (int l = 0; l < 32; ++l) {
@@ -287,7 +288,7 @@ void exec_ldg(const WarpCall& call) {
     std::memcpy(&ll.out, ll.p, sizeof(T));
     addr[l] = ll.p;
   }
-  count_sectors(addr, int(sizeof(T)));
+  count_sectors(kOp, addr, int(sizeof(T)));
 }
 
 constexpr char kLdg128Name[] = "ldg_128";
@@ -300,7 +301,7 @@ struct SmemLane {
   T v;
 };
 
-template <class T, bool kStore, const char* kName>
+template <class T, bool kStore, Op kOp, const char* kName>
 void exec_smem(const WarpCall& call) {
   uint32_t words[32 * 4];
   int n = 0;
@@ -310,7 +311,7 @@ void exec_smem(const WarpCall& call) {
     check_chunks(smem_offset(sl.p), int(sizeof(T)), kName, l, call.warp);
     n = append_words(words, n, smem_offset(sl.p), int(sizeof(T)));
   }
-  count_bank_conflicts(words, n);
+  count_bank_conflicts(kOp, words, n);
   // Lanes are applied in lane order; two lanes storing to one address is a race on the GPU.
   for (int l = 0; l < 32; ++l) {
     auto& sl = *static_cast<SmemLane<T>*>(call.lane_data[l]);
@@ -412,29 +413,29 @@ void cp_async_wait(int n) {
 
 uint4 ldg_128(const void* gmem) {
   LdgLane<uint4> lane{gmem, {}};
-  detail::warp_collective(kLdg128, kLdg128Name, &exec_ldg<uint4, kLdg128Name>, &lane);
+  detail::warp_collective(kLdg128, kLdg128Name, &exec_ldg<uint4, Op::kLdg128, kLdg128Name>, &lane);
   return lane.out;
 }
 
 uint32_t ldg_32(const void* gmem) {
   LdgLane<uint32_t> lane{gmem, 0};
-  detail::warp_collective(kLdg32, kLdg32Name, &exec_ldg<uint32_t, kLdg32Name>, &lane);
+  detail::warp_collective(kLdg32, kLdg32Name, &exec_ldg<uint32_t, Op::kLdg32, kLdg32Name>, &lane);
   return lane.out;
 }
 
 void sts_16(void* smem, uint16_t v) {
   SmemLane<uint16_t> lane{smem, v};
-  detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, kSts16Name>, &lane);
+  detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, Op::kSts16, kSts16Name>, &lane);
 }
 
 void sts_128(void* smem, uint4 v) {
   SmemLane<uint4> lane{smem, v};
-  detail::warp_collective(kSts128, kSts128Name, &exec_smem<uint4, true, kSts128Name>, &lane);
+  detail::warp_collective(kSts128, kSts128Name, &exec_smem<uint4, true, Op::kSts128, kSts128Name>, &lane);
 }
 
 uint4 lds_128(const void* smem) {
   SmemLane<uint4> lane{const_cast<void*>(smem), {}};
-  detail::warp_collective(kLds128, kLds128Name, &exec_smem<uint4, false, kLds128Name>, &lane);
+  detail::warp_collective(kLds128, kLds128Name, &exec_smem<uint4, false, Op::kLds128, kLds128Name>, &lane);
   return lane.v;
 }
 

@@ -32,6 +32,22 @@ inline nb::dict stats_dict(const Stats& s) {
   return d;
 }
 
+// {"ldmatrix": {"requests": ..., "wavefronts": ..., "bank_conflicts": ..., "sectors": ...}, ...}
+// for the instructions that ran.
+inline nb::dict op_stats_dict(const std::vector<OpStats>& ops) {
+  nb::dict d;
+  for (const auto& o : ops) {
+    if (o.requests == 0) continue;
+    nb::dict e;
+    e["requests"] = o.requests;
+    e["wavefronts"] = o.wavefronts;
+    e["bank_conflicts"] = o.bank_conflicts;
+    e["sectors"] = o.sectors;
+    d[o.op] = e;
+  }
+  return d;
+}
+
 }  // namespace py
 }  // namespace emu
 }  // namespace flashllm
