@@ -15,6 +15,7 @@
 
 #include "../kernel/dispatch.cuh"
 #include "../kernel/launch_impl.cuh"
+#include "py_util.h"
 
 namespace nb = nanobind;
 
@@ -78,17 +79,17 @@ nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_
   if (int64_t(tile_offsets.shape(0)) != tiles + 1)
     throw std::invalid_argument("spmm: tile_offsets must have ceil(m/128)*ceil(k/64)+1 entries");
 
-  auto* y = new uint16_t[size_t(p.n) * size_t(m) + 1]();
-  nb::capsule owner(y, [](void* ptr) noexcept { delete[] static_cast<uint16_t*>(ptr); });
+  std::vector<uint16_t> y(size_t(p.n) * size_t(m));
   // NaN-filled so a reduce that reads a partial nobody wrote shows up in the result.
   std::vector<float> workspace(
       split_k > 1 ? size_t(split_k) * size_t(p.n) * size_t(p.m_pad) : 0,
       std::numeric_limits<float>::quiet_NaN());
-  p.y = y;
+  p.y = y.data();
   p.workspace = workspace.empty() ? nullptr : workspace.data();
 
   std::string err;
   emu::Stats stats;
+  std::vector<emu::OpStats> op_stats;
   {
     nb::gil_scoped_release release;
     emu::reset_stats();
@@ -99,15 +100,15 @@ nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_
     ranges.add(p.x, size_t(p.n) * size_t(k) * 2);
     err = launch_spmm(p, dtype, config, nullptr);
     stats = emu::stats();
+    op_stats = emu::op_stats();
   }
   if (!err.empty()) throw std::runtime_error(err);
 
-  nb::dict stats_dict;
-  for (const auto& [name, value] : emu::stats_fields(stats)) stats_dict[name] = value;
+  nb::dict stats_dict = emu::py::stats_dict(stats);
+  stats_dict["ops"] = emu::py::op_stats_dict(op_stats);
   const int used = config >= 0 ? config : choose_config(p.n);
   stats_dict["config"] = kConfigTable[used].name;
-  auto out = nb::ndarray<nb::numpy, uint16_t, nb::ndim<2>>(y, {size_t(p.n), size_t(m)}, owner);
-  return nb::make_tuple(out, stats_dict);
+  return nb::make_tuple(emu::py::to_numpy(std::move(y), {size_t(p.n), size_t(m)}), stats_dict);
 }
 
 // The dispatcher's tiling table, so Python can check its mirror (jax_flashllm/_tiling.py).
@@ -128,7 +129,7 @@ void emu_bind_spmm(nb::module_& m) {
         nb::arg("config") = -1,
         "Runs the CUDA SpMM kernel's source under the host emulation: y (N, m) = x (N, k) @ W^T.\n"
         "values/locations: (P,) uint16, tile_offsets: (T+1,) int32, x: (N, k) uint16 bits of dtype.\n"
-        "Returns (y (N, m) uint16 bits, stats dict).");
+        "Returns (y (N, m) uint16 bits, stats dict: totals, 'ops' per instruction, 'config')).");
   m.def("spmm_configs", &spmm_configs,
         "The kernel's tiling table: [(name, max_n or None, block_m, block_n, smem_bytes), ...].");
 }
