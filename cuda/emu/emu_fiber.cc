@@ -10,7 +10,7 @@
 #include <stdexcept>
 #include <utility>
 
-#if !defined(__x86_64__)
+#if !defined(__x86_64__) || defined(FLASHLLM_EMU_UCONTEXT)
 #include <ucontext.h>
 #endif
 
@@ -45,7 +45,7 @@ Stack::~Stack() {
   if (base_) munmap(base_, mapped_);
 }
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && !defined(FLASHLLM_EMU_UCONTEXT)
 
 extern "C" void flashllm_emu_switch(void** save_sp, void* load_sp);
 extern "C" void flashllm_emu_trampoline();

@@ -1,8 +1,8 @@
 // Minimal fibers for the emulator: a stack and a saved stack pointer, switched by a few
-// instructions of assembly on x86-64 (callee-saved registers + MXCSR/x87 control word, ~5 ns) and
-// by ucontext elsewhere (which also saves the signal mask with a system call: correct, slower).
-// A fiber switch happens at every warp collective, i.e. ~32 per instruction per warp, so its cost
-// dominates the emulator's overhead; OS threads with real barriers would cost ~10 us per switch.
+// instructions of assembly on x86-64 (callee-saved registers only) and by ucontext elsewhere, or when
+// FLASHLLM_EMU_UCONTEXT is defined (which also saves the signal mask with a system call: correct,
+// but measured 12x slower per warp instruction). A switch happens at every lane's arrival at a warp
+// collective, i.e. 32 per warp instruction, so its cost dominates the emulator's overhead.
 #pragma once
 
 #include <cstddef>
