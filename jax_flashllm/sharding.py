@@ -340,8 +340,14 @@ def shard_model(model, mesh: Mesh, axis: str = "tp"):
     mesh axis ``axis`` (attention heads and FFN columns split across its devices); everything else
     (embeddings and the tied LM head, positions, LayerNorms, project_in/out) is replicated. Returns the
     model; ``jax_flashllm.generate`` runs on it as on one device. Load (and sparsify) the model on the host
-    CPU first — only the shards go to the accelerators.
+    CPU first — only the shards go to the accelerators. The mesh's axes are used as Auto axes whatever
+    their type (the model's activations and KV cache are sharded by XLA's propagation).
     """
+    if axis not in mesh.shape:
+        raise ValueError(f"mesh has no axis {axis!r} (axes: {tuple(mesh.shape)})")
+    # The model code is written in the global view and leaves the activations' (and KV cache's) sharding to
+    # XLA's propagation, which needs Auto axes; jax.make_mesh makes Explicit ones by default.
+    mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
     cfg, size = model.config, mesh.shape[axis]
     for name, value in (("num_attention_heads", cfg.num_attention_heads), ("ffn_dim", cfg.ffn_dim)):
         if value % size:

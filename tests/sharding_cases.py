@@ -15,18 +15,22 @@ import re
 import sys
 import traceback
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-from jax.sharding import AxisType
+if __name__ == "__main__" and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # Before `import jax`: the flag only takes effect if it is there when jax loads.
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 
-import jax_flashllm as jf
-from jax_flashllm.generate import generate
-from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM
-from jax_flashllm.nn import sparsify
-from jax_flashllm.sharding import ShardedSparseLinear, shard_model, shard_sparse
-from reference import DTYPES, dense_rounding_error, random_sparse, reference_matmul
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
+
+import jax_flashllm as jf  # noqa: E402
+from jax_flashllm.generate import generate  # noqa: E402
+from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM  # noqa: E402
+from jax_flashllm.nn import sparsify  # noqa: E402
+from jax_flashllm.sharding import ShardedSparseLinear, shard_model, shard_sparse  # noqa: E402
+from reference import DTYPES, dense_rounding_error, random_sparse, reference_matmul  # noqa: E402
 
 CASES = {}
 _COLLECTIVE = re.compile(r"=\s*\S+\s+(all-reduce|all-gather|all-to-all|collective-permute|reduce-scatter)"
@@ -115,6 +119,18 @@ def one_dimensional_and_explicit_meshes():
 
 
 @case
+def grad_wrt_x_through_both_splits():
+    rng = np.random.default_rng(4)
+    w = random_sparse(rng, (256, 128), 0.8, DTYPES[1])
+    x = rng.standard_normal((3, 128)).astype(DTYPES[1])
+    for kind in ("column", "row"):
+        sw = shard_sparse(w, _mesh(4), "tp", kind)
+        g = jax.jit(jax.grad(lambda x, w: jf.sparse_dense(x, w).astype(jnp.float32).sum()))(x, sw)
+        # d/dx sum(x @ W.T) = ones @ W; the column split sums 4 per-device partials.
+        _check_matmul(g, np.ones((3, 256), DTYPES[1]), w.T, None, 6)
+
+
+@case
 def hlo_column_parallel_has_no_collective():
     sw, _ = _layer_case("column", 4, DTYPES[1])
     x = jnp.zeros((3, 5, sw.shape[1]), sw.dtype)
@@ -162,10 +178,10 @@ _PROMPTS = jnp.array([[1, 1, 7, 8, 9], [5, 6, 7, 8, 9]], jnp.int32)  # row 0 lef
 _MASK = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], jnp.int32)
 
 
-def _generation_matches(sparse, post_ln, sizes=(2, 4)):
+def _generation_matches(sparse, post_ln, sizes=(2, 4), axis_type=AxisType.Auto):
     expected = generate(_opt(sparse, post_ln), _PROMPTS, _MASK, max_new_tokens=8, eos_token_id=None)
     for size in sizes:
-        model = shard_model(_opt(sparse, post_ln), _mesh(size))
+        model = shard_model(_opt(sparse, post_ln), _mesh(size, axis_type))
         if sparse:
             layer = model.layers[0]
             assert isinstance(layer.fc2, ShardedSparseLinear) and layer.fc2.values.shape[0] == size
@@ -185,7 +201,8 @@ def opt_sparse_generation_matches_one_device():
 
 @case
 def opt_sparse_post_ln_generation_matches_one_device():
-    _generation_matches(sparse=True, post_ln=True, sizes=(4,))
+    # jax.make_mesh's default Explicit axes: shard_model uses the same devices as Auto axes.
+    _generation_matches(sparse=True, post_ln=True, sizes=(4,), axis_type=AxisType.Explicit)
 
 
 @case
@@ -217,6 +234,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    # Before the first device query, so the CPU backend starts with 4 devices.
-    os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     main(sys.argv[1:])
