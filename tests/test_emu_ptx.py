@@ -334,7 +334,7 @@ def _barrier_reference(init, blocks, n, rounds):
     return out.ravel()
 
 
-@pytest.mark.parametrize("block", [(128, 1, 1), (32, 2, 3), (96, 1, 1)])
+@pytest.mark.parametrize("block", [(128, 1, 1), (32, 2, 3), (96, 1, 1), (40, 1, 1)])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_barrier_exchange_across_warps(block, workers):
     n = int(np.prod(block))
@@ -399,6 +399,11 @@ def test_shared_memory_starts_as_0xcd_and_exited_threads_leave_barriers():
     np.testing.assert_array_equal(emu.scenario("uninitialized_smem", 64), np.full(256, 0xCD, np.uint8))
     out = emu.scenario("early_exit_barrier", 96)
     np.testing.assert_array_equal(out[:96], np.where(np.arange(96) // 32 == 1, 0, 1))
+
+
+def test_static_shared_array_and_syncwarp():
+    t = np.arange(64)
+    np.testing.assert_array_equal(emu.scenario("static_shared", 64)[:64], ((t + 1) % 64 * 3) % 256)
 
 
 def test_ldmatrix_after_wait_sees_the_copied_bytes():

@@ -253,6 +253,14 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
 
 inline void __syncthreads() { ::flashllm::emu::detail::syncthreads(); }
 
+// __syncwarp(): a rendezvous of the 32 lanes (partial masks are not supported and not needed by a
+// kernel that keeps its warps converged).
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) ::flashllm::emu::detail::fail("__syncwarp: only the full mask is emulated");
+  ::flashllm::emu::detail::warp_collective(
+      /*kind=*/1000, "__syncwarp", [](const ::flashllm::emu::detail::WarpCall&) {}, nullptr);
+}
+
 template <class T>
 inline T __ldg(const T* p) {
   return *p;

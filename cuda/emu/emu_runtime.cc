@@ -270,11 +270,22 @@ void run_block(Worker& wk, uint3 bidx) {
   for (auto& w : wk.warps) flush_async(wk, w);
 }
 
-Worker& local_worker() {
-  thread_local std::unique_ptr<Worker> w;
-  if (!w) w = std::make_unique<Worker>();
-  tls_worker = w.get();
-  return *w;
+// Workers (fiber stacks, shared memory) are pooled across launches and host threads: helper threads
+// are new for every launch, and 128 fresh stacks per thread per launch would cost more than a
+// small kernel.
+std::vector<std::unique_ptr<Worker>> g_pool;  // guarded by g_mutex
+
+Worker* acquire_worker() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  if (g_pool.empty()) return new Worker();
+  Worker* w = g_pool.back().release();
+  g_pool.pop_back();
+  return w;
+}
+
+void release_worker(Worker* w) {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  g_pool.emplace_back(w);
 }
 
 void check_launch(dim3 grid, dim3 block, size_t smem_bytes) {
@@ -302,6 +313,7 @@ void check_launch(dim3 grid, dim3 block, size_t smem_bytes) {
 }  // namespace
 
 void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, size_t smem_bytes) {
+  if (tls_worker) throw Error("emu::launch called from inside an emulated kernel");
   check_launch(grid, block, smem_bytes);
   const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
   std::atomic<uint64_t> next{0};
@@ -309,34 +321,39 @@ void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, 
   std::string first_error;
 
   auto work = [&] {
-    Worker& wk = local_worker();
-    if (wk.current) throw Error("emu::launch called from inside an emulated kernel");
+    Worker* wk = acquire_worker();
+    tls_worker = wk;
     gridDim = grid;
     blockDim = block;
-    prepare(wk, block, smem_bytes);
-    wk.thunk = thunk;
-    wk.payload = payload;
     try {
+      prepare(*wk, block, smem_bytes);
+      wk->thunk = thunk;
+      wk->payload = payload;
       for (uint64_t b; !failed.load() && (b = next.fetch_add(1)) < nblocks;) {
-        run_block(wk, uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
-                            unsigned(b / (uint64_t(grid.x) * grid.y))});
+        run_block(*wk, uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
+                             unsigned(b / (uint64_t(grid.x) * grid.y))});
       }
     } catch (const std::exception& e) {
       std::lock_guard<std::mutex> lock(g_mutex);
       if (!failed.exchange(true)) first_error = e.what();
     }
-    std::lock_guard<std::mutex> lock(g_mutex);
-    g_stats.smem_wavefronts += wk.stats.smem_wavefronts;
-    g_stats.smem_requests += wk.stats.smem_requests;
-    g_stats.smem_bank_conflicts += wk.stats.smem_bank_conflicts;
-    g_stats.gmem_requests += wk.stats.gmem_requests;
-    g_stats.gmem_sectors += wk.stats.gmem_sectors;
-    for (int i = 0; i < int(Op::kCount); ++i) {
-      g_ops[i].requests += wk.ops[i].requests;
-      g_ops[i].wavefronts += wk.ops[i].wavefronts;
-      g_ops[i].bank_conflicts += wk.ops[i].bank_conflicts;
-      g_ops[i].sectors += wk.ops[i].sectors;
+    {
+      std::lock_guard<std::mutex> lock(g_mutex);
+      g_stats.smem_wavefronts += wk->stats.smem_wavefronts;
+      g_stats.smem_requests += wk->stats.smem_requests;
+      g_stats.smem_bank_conflicts += wk->stats.smem_bank_conflicts;
+      g_stats.gmem_requests += wk->stats.gmem_requests;
+      g_stats.gmem_sectors += wk->stats.gmem_sectors;
+      for (int i = 0; i < int(Op::kCount); ++i) {
+        g_ops[i].requests += wk->ops[i].requests;
+        g_ops[i].wavefronts += wk->ops[i].wavefronts;
+        g_ops[i].bank_conflicts += wk->ops[i].bank_conflicts;
+        g_ops[i].sectors += wk->ops[i].sectors;
+      }
     }
+    wk->current = nullptr;
+    tls_worker = nullptr;
+    release_worker(wk);
   };
 
   const int nworkers = int(std::min<uint64_t>(uint64_t(num_workers()), nblocks));

@@ -308,6 +308,14 @@ __global__ void scenario_probe(int which, uint8_t* out) {
       }
       if (t >= 32) ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
       break;
+    case 11: {  // a static __shared__ array (per block, shared by its threads) and __syncwarp
+      __shared__ int32_t buf[256];
+      buf[t] = 3 * t;
+      __syncthreads();
+      __syncwarp();
+      out[t] = uint8_t(buf[(t + 1) % int(blockDim.x)]);
+      break;
+    }
     case 9:  // the same, correctly awaited: legal
       ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
       ptx::cp_async_commit();
@@ -324,9 +332,9 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
                                        "ldmatrix_misaligned", "uninitialized_smem",
                                        "early_exit_barrier",  "cp_async_out_of_bounds",
                                        "ldmatrix_reads_inflight", "ldmatrix_after_wait",
-                                       "missing_barrier_after_wait"};
+                                       "missing_barrier_after_wait", "static_shared"};
   int which = -1;
-  for (int i = 0; i < 11; ++i)
+  for (int i = 0; i < 12; ++i)
     if (name == kNames[i]) which = i;
   if (which < 0) throw std::invalid_argument("unknown scenario " + name);
   std::vector<uint8_t> out(256, 0);
