@@ -1,7 +1,12 @@
+// CPU kernel driver: checks, instruction-set choice, staging of x, and the task split over the pool.
+// The per-entry work lives in tile_kernel.inc, compiled per instruction set by isa_*.cc.
 #include "cpu/spmm_cpu.h"
 
-#include <vector>
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 
+#include "cpu/staged.h"
 #include "flashllm/format.h"
 
 namespace flashllm::cpu {
@@ -9,48 +14,115 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// One task = one tile row (kTileM output features) for all N: its fp32 accumulator (kTileM x N) stays
-// in cache while the row's K tiles stream through, and tasks write disjoint columns of y.
-template <Dtype D>
-void tile_row(const SpmmProblem& p, const float* xt, int64_t mt, std::vector<float>& acc) {
-  const int64_t n = p.n;
-  const int64_t tiles_k = ceil_div(p.k, kTileK);
-  acc.assign(size_t(kTileM) * n, 0.0f);
-  for (int64_t kt = 0; kt < tiles_k; ++kt) {
-    const int64_t t = mt * tiles_k + kt;
-    const float* x_tile = xt + kt * kTileK * n;
-    for (int64_t e = p.tile_offsets[t]; e < p.tile_offsets[t + 1]; ++e) {
-      // Masking keeps a corrupt location inside the tile: a wrong answer is impossible to hide from
-      // validate(), but an out-of-bounds write here would be a crash.
-      const int loc = p.locations[e] & (kTileElems - 1);
-      const float v = to_float<D>(p.values[e]);
-      float* a = acc.data() + int64_t(location_row(loc)) * n;
-      const float* xc = x_tile + int64_t(location_col(loc)) * n;
-      for (int64_t j = 0; j < n; ++j) a[j] += v * xc[j];
-    }
+bool cpu_has(Isa isa) {
+#if defined(__x86_64__)
+  switch (isa) {
+    case Isa::kPortable: return true;
+    case Isa::kAvx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+    case Isa::kAvx512:
+      return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512vl");
   }
-  const int64_t rows = std::min<int64_t>(kTileM, p.m - mt * kTileM);
-  for (int64_t j = 0; j < n; ++j) {
-    uint16_t* yj = p.y + j * p.m + mt * kTileM;
-    for (int64_t r = 0; r < rows; ++r) yj[r] = from_float<D>(acc[r * n + j]);
-  }
+  return false;
+#else
+  return isa == Isa::kPortable;
+#endif
 }
 
-template <Dtype D>
-void run(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
-  const int64_t tiles_m = ceil_div(p.m, kTileM);
-  const int64_t k_pad = ceil_div(p.k, kTileK) * kTileK;
-  // x transposed to (K_pad, N) fp32, zero past K: each nonzero then reads one contiguous N-vector.
-  std::vector<float> xt(size_t(k_pad) * p.n, 0.0f);
-  for (int64_t j = 0; j < p.n; ++j)
-    for (int64_t c = 0; c < p.k; ++c) xt[c * p.n + j] = to_float<D>(p.x[j * p.k + c]);
-  parallel_for(tiles_m, num_workers, schedule, [&](int64_t mt) {
-    thread_local std::vector<float> acc;
-    tile_row<D>(p, xt.data(), mt, acc);
-  });
+bool parse_isa(const std::string& name, Isa* isa) {
+  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    if (name == isa_name(i)) {
+      *isa = i;
+      return true;
+    }
+  }
+  return false;
+}
+
+Isa initial_isa() {
+  const std::vector<Isa> have = supported_isas();
+  Isa best = have.back();
+  if (const char* env = std::getenv("FLASHLLM_CPU_ISA")) {
+    Isa wanted;
+    if (parse_isa(env, &wanted) && int(wanted) < int(best)) best = wanted;
+  }
+  return best;
+}
+
+std::atomic<Isa>& isa_slot() {
+  static std::atomic<Isa> slot{initial_isa()};
+  return slot;
+}
+
+struct IsaOps {
+  int64_t (*max_chunk)();
+  int64_t (*padded_width)(int64_t);
+  void (*run_task)(const Staged&, int64_t, int64_t);
+};
+
+IsaOps ops_for(Isa isa) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512) return {avx512::max_chunk, avx512::padded_width, avx512::run_task};
+  if (isa == Isa::kAvx2) return {avx2::max_chunk, avx2::padded_width, avx2::run_task};
+#endif
+  (void)isa;
+  return {portable::max_chunk, portable::padded_width, portable::run_task};
+}
+
+// x (N, K) 16-bit -> chunk-major fp32 x^T (see Staged), zero-padded. The buffer is the calling thread's
+// and is reused across calls: a fresh allocation of this size would be an mmap + page faults per call.
+const float* stage_x(const SpmmProblem& p, const IsaOps& ops, int64_t k_pad, int64_t max_chunk) {
+  static thread_local std::vector<float> buffer;
+  const int64_t chunks = ceil_div(p.n, max_chunk);
+  const size_t floats = size_t(chunks * k_pad * max_chunk) + 16;  // + 16: room to align to 64 bytes
+  if (buffer.size() < floats) buffer.resize(floats);
+  const uintptr_t base = reinterpret_cast<uintptr_t>(buffer.data());
+  float* xt = buffer.data() + ((64 - base % 64) % 64) / sizeof(float);
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * max_chunk;
+    const int64_t cols = std::min(max_chunk, p.n - n0);
+    const int64_t width = ops.padded_width(cols);
+    float* dst = xt + c * k_pad * max_chunk;
+    std::fill(dst, dst + k_pad * width, 0.0f);
+    for (int64_t j = 0; j < cols; ++j) {
+      const uint16_t* xj = p.x + (n0 + j) * p.k;
+      if (p.dtype == Dtype::kBFloat16)
+        for (int64_t i = 0; i < p.k; ++i) dst[i * width + j] = bf16_to_float(xj[i]);
+      else
+        for (int64_t i = 0; i < p.k; ++i) dst[i * width + j] = f16_to_float(xj[i]);
+    }
+  }
+  return xt;
 }
 
 }  // namespace
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kPortable: return "portable";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kAvx512: return "avx512";
+  }
+  return "?";
+}
+
+std::vector<Isa> supported_isas() {
+  std::vector<Isa> out;
+  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
+    if (cpu_has(i)) out.push_back(i);
+  return out;
+}
+
+Isa active_isa() { return isa_slot().load(); }
+
+bool set_active_isa(const std::string& name) {
+  Isa isa;
+  if (!parse_isa(name, &isa) || !cpu_has(isa)) return false;
+  isa_slot().store(isa);
+  return true;
+}
 
 std::string check_problem(const SpmmProblem& p) {
   const int64_t tiles = ceil_div(p.m, kTileM) * ceil_div(p.k, kTileK);
@@ -67,8 +139,15 @@ std::string check_problem(const SpmmProblem& p) {
 
 void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
   if (p.n == 0 || p.m == 0) return;
-  if (p.dtype == Dtype::kBFloat16) run<Dtype::kBFloat16>(p, num_workers, schedule);
-  else run<Dtype::kFloat16>(p, num_workers, schedule);
+  const IsaOps ops = ops_for(active_isa());
+  const int64_t max_chunk = ops.max_chunk();
+  const int64_t k_pad = ceil_div(p.k, kTileK) * kTileK;
+  const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk};
+  const int64_t tiles_m = ceil_div(p.m, kTileM);
+  const int64_t chunks = ceil_div(p.n, max_chunk);
+  // Chunks of one tile row are adjacent task ids, so a worker re-reads that row's entries from cache.
+  parallel_for(tiles_m * chunks, num_workers, schedule,
+               [&](int64_t task) { ops.run_task(s, task / chunks, task % chunks); });
 }
 
 }  // namespace flashllm::cpu

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cpu/numeric.h"
 #include "cpu/parallel.h"
@@ -26,5 +27,18 @@ std::string check_problem(const SpmmProblem& p);
 
 // Computes the product with fp32 accumulation; work is shared over `num_workers` via `schedule`.
 void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule);
+
+// Instruction-set variants of the kernel, chosen once at run time (never by compile flags, so one
+// build runs on any x86-64 and on arm64): the best the CPU supports, or FLASHLLM_CPU_ISA=portable|avx2|
+// avx512 in the environment at first use (capped at what the CPU supports).
+enum class Isa { kPortable, kAvx2, kAvx512 };
+
+const char* isa_name(Isa isa);
+// The variants this CPU can run, portable first.
+std::vector<Isa> supported_isas();
+Isa active_isa();
+// Switches the variant used by later calls (tests, benchmarks). Returns false (and changes nothing)
+// if the CPU lacks it or the name is unknown.
+bool set_active_isa(const std::string& name);
 
 }  // namespace flashllm::cpu

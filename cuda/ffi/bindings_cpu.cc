@@ -1,9 +1,11 @@
 // Python module jax_flashllm._flashllm_cpu: the CPU FFI target and the format constants as compiled.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
 #include <vector>
 
+#include "cpu/spmm_cpu.h"
 #include "ffi/cpu_handler.h"
 #include "flashllm/format.h"
 
@@ -15,6 +17,14 @@ NB_MODULE(_flashllm_cpu, m) {
     d["flashllm_spmm_cpu"] = nb::capsule(reinterpret_cast<void*>(FlashllmSpmmCpu));
     return d;
   });
+  // Instruction-set variant of the CPU kernel: tests and benchmarks run each one (cuda/cpu/spmm_cpu.h).
+  m.def("cpu_isa", [] { return std::string(flashllm::cpu::isa_name(flashllm::cpu::active_isa())); });
+  m.def("cpu_isas", [] {
+    std::vector<std::string> names;
+    for (auto isa : flashllm::cpu::supported_isas()) names.push_back(flashllm::cpu::isa_name(isa));
+    return names;
+  });
+  m.def("set_cpu_isa", [](const std::string& name) { return flashllm::cpu::set_active_isa(name); });
   // Exposed so tests can check the Python encoder's mirror against what the kernels were built with.
   m.def("format_constants", [] {
     nb::dict d;

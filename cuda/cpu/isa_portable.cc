@@ -1,0 +1,50 @@
+// The CPU kernel for any target (x86-64 baseline SSE2, arm64 NEON, ...): GCC/Clang vector extensions,
+// 4 floats wide, which the compiler maps onto whatever SIMD the baseline target has.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/numeric.h"
+#include "cpu/staged.h"
+#include "flashllm/format.h"
+
+namespace flashllm::cpu::portable {
+namespace {
+
+void halves_to_floats(const uint16_t* h, float* f, int n) {
+  for (int i = 0; i < n; ++i) f[i] = f16_to_float(h[i]);
+}
+inline float fmadd_scalar(float a, float b, float c) { return a * b + c; }
+
+struct Vec4 {
+  using T = float __attribute__((vector_size(16)));
+  static constexpr int kWidth = 4;
+  static T zero() { return T{0.0f, 0.0f, 0.0f, 0.0f}; }
+  static T set1(float f) { return T{f, f, f, f}; }
+  static T load(const float* p) {
+    T v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(float* p, T v) { std::memcpy(p, &v, sizeof(v)); }
+  static T add(T a, T b) { return a + b; }
+  static T fma(T a, T b, T c) { return a * b + c; }
+};
+
+#include "cpu/tile_kernel.inc"
+
+template <Dtype D>
+void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
+  if (width == 1) tile_task<ScalarVec, 1, D>(s, mt, chunk);
+  else tile_task_width<Vec4, D>(s, mt, chunk, width);
+}
+
+}  // namespace
+
+int64_t max_chunk() { return 16; }
+
+int64_t padded_width(int64_t cols) { return cols == 1 ? 1 : (cols + 3) / 4 * 4; }
+
+void run_task(const Staged& s, int64_t mt, int64_t chunk) { dispatch_task(s, mt, chunk); }
+
+}  // namespace flashllm::cpu::portable
