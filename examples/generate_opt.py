@@ -32,8 +32,8 @@ from jax_flashllm.nn import SparseLinear, densify, sparsify
 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="opt-125m", choices=OPTConfig.names(),
-                    help="shapes of the random-weight model when --model is not given")
+    ap.add_argument("--size", default="opt-125m", choices=OPTConfig.names() + ["tiny"],
+                    help="shapes of the random-weight model when --model is not given (tiny: 2 layers)")
     ap.add_argument("--model", help="local HuggingFace OPT checkpoint directory (config.json + safetensors)")
     ap.add_argument("--tokenizer", help="tokenizer.json (or a directory holding it); needs `tokenizers`")
     ap.add_argument("--prompt", default="Sparse matrices make large language models")
@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         model = load_pretrained(args.model, dtype=jnp.float32)
     else:
         print(f"{args.size} shapes with random weights (nothing downloaded)")
-        model = OPTForCausalLM(OPTConfig.from_name(args.size), rngs=nnx.Rngs(args.seed))
+        cfg = OPTConfig.tiny() if args.size == "tiny" else OPTConfig.from_name(args.size)
+        model = OPTForCausalLM(cfg, rngs=nnx.Rngs(args.seed))
     cfg = model.config
     ids, mask = make_prompts(args, tokenizer, cfg)
 

@@ -140,3 +140,16 @@ def test_sparse_model_generates_like_its_dense_copy():
     a = generate(model, ids, mask, max_new_tokens=8, eos_token_id=None)
     b = generate(dense, ids, mask, max_new_tokens=8, eos_token_id=None)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.slow  # six small compiles: three models, generate and prefill each
+def test_example_runs_and_sparse_equals_dense(capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "generate_opt.py")
+    spec = importlib.util.spec_from_file_location("generate_opt", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert example.main(["--size", "tiny", "--batch", "2", "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens IDENTICAL" in out and "sparse bf16" in out

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
+from tqdm.auto import tqdm
 
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
 from jax_flashllm.nn import SparseLinear, set_submodule
@@ -69,7 +70,6 @@ def _read(handle, file: str, key: str) -> np.ndarray:
 
 
 def _progress(total: int, nbytes: int, progress: bool | None, desc: str):
-    from tqdm.auto import tqdm
     show = nbytes >= _PROGRESS_BYTES if progress is None else progress
     return tqdm(total=total, desc=desc, unit="tensor", disable=not show)
 
