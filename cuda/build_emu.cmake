@@ -7,6 +7,7 @@ set(FLASHLLM_EMU_SOURCES
   ${FLASHLLM_EMU_DIR}/warp_probes.cc
   ${FLASHLLM_EMU_DIR}/ptx_emu.cc
   ${FLASHLLM_EMU_DIR}/emu_runtime.cc
+  ${FLASHLLM_EMU_DIR}/emu_memory.cc
   ${FLASHLLM_EMU_DIR}/emu_fiber.cc)
 # The kernel engineer's entry point (the emulated spmm), once it exists.
 set(FLASHLLM_EMU_SPMM_ENTRY ${FLASHLLM_EMU_DIR}/spmm_entry.cc)

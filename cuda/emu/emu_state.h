@@ -1,0 +1,91 @@
+// Internal state of the emulator shared by its scheduler (emu_runtime.cc) and its memory checks and
+// counters (emu_memory.cc): the per-block thread, warp and worker records. Not for device code.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "emu.h"
+#include "emu_fiber.h"
+
+namespace flashllm {
+namespace emu {
+namespace detail {
+
+enum class State : uint8_t { kRunnable, kAtBarrier, kAtWarp, kDone };
+
+struct Thread {
+  fiber::Context ctx;
+  uint3 tid{};
+  int index = 0;  // linear thread index in the block
+  int warp = 0;
+  int lane = 0;
+  State state = State::kDone;
+  std::vector<AsyncCopy> uncommitted;             // cp.async issued since the last commit
+  std::vector<std::vector<AsyncCopy>> groups;     // committed, not yet landed (oldest first)
+};
+
+struct Warp {
+  int size = 0;        // lanes that exist (32 except in a partial last warp)
+  int live = 0;        // lanes that have not exited
+  int arrived = 0;     // lanes waiting at the current collective
+  int at_barrier = 0;  // lanes waiting at __syncthreads
+  int kind = -1;
+  const char* name = "";
+  WarpExec exec = nullptr;
+  WarpCall call{};
+  uint8_t async_issued[32] = {};                 // cp.async count per lane since the last sync
+  std::vector<std::vector<uint64_t>> buckets;    // sectors per cp.async instruction
+};
+
+struct Worker {
+  std::vector<fiber::Stack> stacks;
+  std::vector<std::unique_ptr<Thread>> threads;
+  std::vector<Warp> warps;
+  fiber::Context sched;
+  std::unique_ptr<unsigned char, decltype(&std::free)> smem{nullptr, &std::free};
+  size_t smem_capacity = 0;
+  std::vector<uint16_t> inflight;  // per 16-byte shared chunk: cp.async copies not yet landed
+  std::vector<int16_t> landed_by;  // per chunk: warp whose cp.async landed it since the last barrier
+  std::vector<uint32_t> landed_list;  // chunks with landed_by >= 0 (reset at the next barrier)
+  size_t smem_bytes = 0;
+  int nthreads = 0;
+  int live = 0;
+  int barrier_arrived = 0;
+  Thread* current = nullptr;
+  int exec_warp = -1;  // warp whose collective is executing (errors then name the warp, not a lane)
+  KernelThunk thunk = nullptr;
+  const void* payload = nullptr;
+  std::string error;
+  Stats stats;
+  OpStats ops[int(Op::kCount)];
+};
+
+// The worker running on this host thread (null outside a launch).
+extern thread_local Worker* tls_worker;
+
+extern std::mutex g_mutex;  // guards the globals below
+extern Stats g_stats;
+extern OpStats g_ops[int(Op::kCount)];
+extern std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;  // registered global [begin, end)
+extern size_t g_max_smem;
+extern int g_workers;
+extern size_t g_stack_bytes;
+
+// The calling fiber's worker; throws when called outside an emulated kernel.
+Worker& worker();
+// "block (x,y,z)" of the block being run.
+std::string block_name();
+// Counts one warp-level global request of `sectors` sectors.
+void add_gmem(Worker& wk, Op op, uint64_t sectors);
+// Counts the cp.async instructions warp `w` issued since its last synchronization point.
+void flush_async(Worker& wk, Warp& w);
+
+}  // namespace detail
+}  // namespace emu
+}  // namespace flashllm
