@@ -36,6 +36,20 @@ def test_split_gives_the_blocks(kind, shards):
         np.testing.assert_array_equal(np.asarray(block.to_dense()), ref)
 
 
+@pytest.mark.parametrize("kind,shards", [("column", 2), ("column", 4), ("row", 2), ("row", 4)])
+def test_split_along_tile_boundaries_copies_the_tiles(kind, shards):
+    # Blocks of whole tiles (256 / 128 rows, 128 / 64 columns): the block encodings are w's own tiles, which
+    # is exactly what encoding each dense block afresh gives.
+    w, s = _sparse(7, (512, 256))
+    blocks = split_sparse(s, shards, kind)
+    for block, ref in zip(blocks, np.split(w, shards, axis=0 if kind == "column" else 1)):
+        block.validate()
+        fresh = SparseMatrix.from_dense(ref)
+        np.testing.assert_array_equal(block.values.view(np.uint16), fresh.values.view(np.uint16))
+        np.testing.assert_array_equal(block.locations, fresh.locations)
+        np.testing.assert_array_equal(block.tile_offsets, fresh.tile_offsets)
+
+
 def test_split_needs_equal_shards():
     _, s = _sparse(1, (300, 200))
     with pytest.raises(ValueError, match="300.*into 7 equal shards"):
