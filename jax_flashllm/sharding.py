@@ -53,7 +53,7 @@ def split_sparse(w: SparseMatrix, num_shards: int, kind: str) -> list[SparseMatr
     """Cut w (M, K) into num_shards contiguous blocks, each re-encoded as its own SparseMatrix.
 
     kind "column": blocks of M/num_shards rows (out_features); "row": blocks of K/num_shards columns.
-    The split dimension must be a multiple of num_shards. When the blocks are whole tiles (every OPT size
+    The split dimension must be a multiple of num_shards. When the blocks are whole tiles (OPT-1.3B and larger
     on up to 8 devices) each block is a subset of w's tiles and its encoding is copied as is; otherwise only
     w's real nonzeros move (one block densified at a time and re-encoded). Works on the host.
     """
