@@ -14,6 +14,11 @@ value-0 entries at *unused locations* of its tiles — the last tile first, then
 last is full. Padded entries are zero positions, never duplicates, and every tile count stays a multiple of
 NNZ_ALIGN, so ``validate()`` passes for every shard and the kernel reads the padding as ordinary zeros. Room
 always suffices: the shards have equal tile grids, so the largest shard fits in any shard's tiles.
+
+On top of that: ``ShardedSparseLinear`` (a SparseLinear holding a ShardedSparseMatrix), ``shard_linear`` (one
+nnx.Linear or SparseLinear made tensor-parallel; dense kernels are placed with NamedSharding and left to XLA's
+SPMD partitioner) and ``shard_model`` (Megatron-style tensor parallelism for OPTForCausalLM). docs/sharding.md
+has the whole story, with the weight bytes per device of OPT-66B and OPT-175B.
 """
 
 from __future__ import annotations
