@@ -55,7 +55,7 @@ def reports(tmp_path_factory):
     sources = sorted(INST_DIR.glob("*.cu")) + [ROOT / "cuda" / "kernel" / "launcher.cu"]
     jobs = [(src, arch) for src in sources for arch in ARCHS]
     out_dir = str(tmp_path_factory.mktemp("cubin"))
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = pool.map(lambda job: _ptxas_report(job[0], job[1], out_dir), jobs)
         return {job: rep for job, rep in zip(jobs, results)}
 

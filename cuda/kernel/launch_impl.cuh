@@ -19,8 +19,10 @@ inline std::string cuda_error(const char* what, cudaError_t e) {
 }
 
 // Opting in to > 48 KiB of dynamic shared memory is a per-device function attribute: set it once
-// per device (a host-side driver call, no stream work, so it is legal during graph capture too).
-template <class KernelPtr>
+// per (instantiation, device) — a host-side driver call, no stream work, so it is legal during
+// graph capture too. Templated on the instantiation so each kernel has its own "done" mask (all
+// spmm_kernel instantiations share one function-pointer type).
+template <class T, class Tag, class KernelPtr>
 std::string ensure_smem_attribute(KernelPtr kernel, int smem_bytes) {
   static std::atomic<uint64_t> done_mask{0};
   if (smem_bytes <= 48 * 1024) return {};
@@ -69,7 +71,7 @@ std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream) {
   auto* kernel = &spmm_kernel<T, Tag>;
   (void)stream;
 #if !defined(FLASHLLM_EMU)
-  std::string err = launch_detail::ensure_smem_attribute(kernel, T::kSmemBytes);
+  std::string err = launch_detail::ensure_smem_attribute<T, Tag>(kernel, T::kSmemBytes);
   if (!err.empty()) return err;
 #endif
   const dim3 grid(unsigned(blocks_m), unsigned(blocks_n), unsigned(p.split_k));
