@@ -94,9 +94,9 @@ def benchmark(model, ids, mask, new_tokens: int) -> dict:
     """Greedy tokens (B, new_tokens), compile time, and decode tokens/s (generate minus prefill)."""
     kw = dict(max_new_tokens=new_tokens, eos_token_id=None)
     tokens, first = timed(lambda: generate(model, ids, mask, **kw))
-    timed(lambda: prefill(model, ids, mask, **kw)["token"])  # compile
+    timed(lambda: prefill(model, ids, mask, **kw).token)  # compile
     t_gen = min(timed(lambda: generate(model, ids, mask, **kw))[1] for _ in range(2))
-    t_pre = min(timed(lambda: prefill(model, ids, mask, **kw)["token"])[1] for _ in range(2))
+    t_pre = min(timed(lambda: prefill(model, ids, mask, **kw).token)[1] for _ in range(2))
     decode = ids.shape[0] * (new_tokens - 1) / max(t_gen - t_pre, 1e-9)
     return dict(tokens=np.asarray(tokens), compile_s=first - t_gen, decode_tps=decode, prefill_ms=1e3 * t_pre)
 

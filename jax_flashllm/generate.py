@@ -12,6 +12,7 @@ EOS) are filled with the model's pad id.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Iterator
 
@@ -22,7 +23,7 @@ from flax import nnx
 from jax_flashllm.models.opt import KVCache
 from jax_flashllm.sampling import make_sampler, mask_vocab
 
-__all__ = ["generate", "stream", "prefill", "decode_step"]
+__all__ = ["Decoding", "generate", "stream", "prefill", "decode_step"]
 
 _STATIC = ("graphdef", "sampler", "vocab", "eos", "pad")
 
@@ -125,29 +126,44 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int, temp
     return out
 
 
-def prefill(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
-            top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2) -> dict:
-    """First half of the step-wise API: run the prompt, return a decoding state holding the first token.
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """Where a step-wise generation stands: the last token (B,) int32, which rows are done (B,) bool, the
+    KV cache, and what the jitted step needs. Made by ``prefill``, advanced by ``decode_step``."""
 
-    The state (a dict: token (B,) int32, done (B,) bool, cache, step, ...) goes to ``decode_step``.
-    """
+    token: jax.Array
+    done: jax.Array
+    cache: KVCache
+    step: int  # tokens produced so far
+    max_new_tokens: int
+    graphdef: nnx.GraphDef
+    state: nnx.State
+    key: jax.Array
+    start: jax.Array  # prompt length (cache slot of the first generated token)
+    static: dict
+
+
+def prefill(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
+            top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2) -> Decoding:
+    """First half of the step-wise API: run the prompt (one jitted call) and pick the first token.
+    Arguments as for ``generate``; ``.token`` of the result is that first token."""
     input_ids, valid, cache, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
                                                     temperature, top_k, top_p, seed, eos_token_id)
     graphdef, state = nnx.split(model)
     token, done, cache = _prefill_jit(graphdef, state, input_ids, valid, cache, key, **static)
-    return dict(graphdef=graphdef, state=state, token=token, done=done, cache=cache, key=key,
-                start=jnp.int32(input_ids.shape[1]), step=1, max_new_tokens=max_new_tokens, static=static)
+    return Decoding(token, done, cache, 1, max_new_tokens, graphdef, state, key,
+                    jnp.int32(input_ids.shape[1]), static)
 
 
-def decode_step(decoding: dict) -> dict:
-    """One jitted decode step: consumes ``decoding`` (its cache is donated) and returns the next state,
-    whose ``token`` is the new (B,) token. Call at most max_new_tokens - 1 times after ``prefill``."""
-    if decoding["step"] >= decoding["max_new_tokens"]:
-        raise ValueError(f"already produced max_new_tokens={decoding['max_new_tokens']} tokens")
-    token, done, cache = _step_jit(decoding["graphdef"], decoding["state"], jnp.int32(decoding["step"]),
-                                   decoding["token"], decoding["done"], decoding["cache"], decoding["key"],
-                                   decoding["start"], **decoding["static"])
-    return {**decoding, "token": token, "done": done, "cache": cache, "step": decoding["step"] + 1}
+def decode_step(decoding: Decoding) -> Decoding:
+    """One jitted decode step. Consumes ``decoding`` (its cache is donated: do not reuse it) and returns
+    the next one, whose ``.token`` is the new (B,) token. At most max_new_tokens - 1 steps after prefill."""
+    d = decoding
+    if d.step >= d.max_new_tokens:
+        raise ValueError(f"already produced max_new_tokens={d.max_new_tokens} tokens")
+    token, done, cache = _step_jit(d.graphdef, d.state, jnp.int32(d.step), d.token, d.done, d.cache, d.key,
+                                   d.start, **d.static)
+    return dataclasses.replace(d, token=token, done=done, cache=cache, step=d.step + 1)
 
 
 def stream(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
@@ -157,7 +173,7 @@ def stream(model, input_ids, attention_mask=None, *, max_new_tokens: int, temper
     arguments. Stops after max_new_tokens tokens or when every row has produced EOS."""
     decoding = prefill(model, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, eos_token_id=eos_token_id)
-    yield decoding["token"]
-    while decoding["step"] < max_new_tokens and not bool(jnp.all(decoding["done"])):
+    yield decoding.token
+    while decoding.step < max_new_tokens and not bool(jnp.all(decoding.done)):
         decoding = decode_step(decoding)
-        yield decoding["token"]
+        yield decoding.token
