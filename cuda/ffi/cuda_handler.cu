@@ -53,6 +53,10 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
     return invalid("tile_offsets must have " + std::to_string(m_tiles * k_tiles + 1) + " entries");
   if (values.element_count() != locations.element_count())
     return invalid("values and locations differ in length");
+  // The kernel indexes entries with int32 (tile offsets are int32 anyway); keep a tile's worth of
+  // headroom so chunk arithmetic past the last offset cannot overflow.
+  if (int64_t(values.element_count()) > kIntMax - kTileElems)
+    return invalid("too many stored entries for int32 indexing");
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
   // the workspace the shape rule allocated matches it.
   if (split_k < 1 || split_k > 65535) return invalid("split_k must be in [1, 65535]");
