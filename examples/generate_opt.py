@@ -97,7 +97,9 @@ def benchmark(model, ids, mask, new_tokens: int) -> dict:
     timed(lambda: prefill(model, ids, mask, **kw).token)  # compile
     t_gen = min(timed(lambda: generate(model, ids, mask, **kw))[1] for _ in range(2))
     t_pre = min(timed(lambda: prefill(model, ids, mask, **kw).token)[1] for _ in range(2))
-    decode = ids.shape[0] * (new_tokens - 1) / max(t_gen - t_pre, 1e-9)
+    # For a tiny model the decode share drowns in timing noise: report nothing rather than nonsense.
+    t_decode = t_gen - t_pre
+    decode = ids.shape[0] * (new_tokens - 1) / t_decode if t_decode > 0.02 * t_gen else float("nan")
     return dict(tokens=np.asarray(tokens), compile_s=first - t_gen, decode_tps=decode, prefill_ms=1e3 * t_pre)
 
 

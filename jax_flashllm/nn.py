@@ -138,7 +138,8 @@ class SparsifyReport:
 
     def __str__(self) -> str:
         width = max([len("layer")] + [len(layer.name) for layer in self.layers])
-        lines = [f"{'layer':<{width}}  {'shape (out, in)':>16}  {'sparsity':>8}  {'dense B':>12}  {'sparse B':>12}"]
+        lines = [f"{'layer':<{width}}  {'shape (out, in)':>16}  {'sparsity':>8}  {'dense B':>12}  "
+                 f"{'sparse B':>12}"]
         for r in self.layers:
             shape = f"{r.shape[0]} x {r.shape[1]}"
             lines.append(f"{r.name:<{width}}  {shape:>16}  {r.sparsity:>8.3f}  {r.dense_bytes:>12,}  "

@@ -142,14 +142,35 @@ def test_sparse_model_generates_like_its_dense_copy():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.slow  # six small compiles: three models, generate and prefill each
-def test_example_runs_and_sparse_equals_dense(capsys):
+def _example():
     import importlib.util
 
     path = os.path.join(os.path.dirname(__file__), "..", "examples", "generate_opt.py")
     spec = importlib.util.spec_from_file_location("generate_opt", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    assert example.main(["--size", "tiny", "--batch", "2", "--max-new-tokens", "4"]) == 0
+    return example
+
+
+@pytest.mark.slow  # six small compiles: three models, generate and prefill each
+def test_example_runs_and_sparse_equals_dense(capsys):
+    assert _example().main(["--size", "tiny", "--batch", "2", "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "tokens IDENTICAL" in out and "sparse bf16" in out
+
+
+@pytest.mark.slow
+def test_example_with_checkpoint_and_tokenizer(tmp_path, capsys):
+    tokenizers = pytest.importorskip("tokenizers")
+    # A word-level tokenizer over the fixture's 96 ids: "</s>" is id 2 (OPT's BOS/EOS), words are "w<id>".
+    vocab = {f"w{i}": i for i in range(96)}
+    vocab.update({"<pad>": 1, "</s>": 2, "<unk>": 0})
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.add_special_tokens(["</s>", "<pad>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    args = ["--model", os.path.join(DATA, "opt_tiny_preln"), "--tokenizer", str(tmp_path),
+            "--prompt", "w5 w17 w40", "--sparsity", "0.5", "--max-new-tokens", "4"]
+    assert _example().main(args) == 0
+    out = capsys.readouterr().out
+    assert "'w5 w17 w40' ->" in out and "tokens IDENTICAL" in out
