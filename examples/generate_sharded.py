@@ -24,6 +24,7 @@ def parse():
     p.add_argument("--sparsity", type=float, default=0.8, help="prune dense checkpoints to this (default 0.8)")
     p.add_argument("--save", help="save the pruned model here (load it next time with --checkpoint)")
     p.add_argument("--devices", type=int, default=None, help="tensor-parallel degree (default: all devices)")
+    p.add_argument("--vocab-parallel", action="store_true", help="split the token embedding / LM head too")
     p.add_argument("--cpu-devices", type=int, default=None, help="simulate this many host CPU devices")
     p.add_argument("--prompt-ids", type=int, nargs="+", default=[2, 13, 37, 61, 85])
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -74,7 +75,7 @@ def main():
     if args.tiny:
         expected = generate(model, prompt, max_new_tokens=args.max_new_tokens)
     mesh = jax.make_mesh((len(devices),), ("tp",), axis_types=(AxisType.Auto,), devices=devices)
-    shard_model(model, mesh, "tp")
+    shard_model(model, mesh, "tp", vocab_parallel=args.vocab_parallel)
     start = time.perf_counter()
     tokens = generate(model, prompt, max_new_tokens=args.max_new_tokens)
     tokens.block_until_ready()

@@ -2,13 +2,15 @@
 
     python examples/tp_weight_bytes.py                          # OPT-66B and OPT-175B, 80 %, 1/2/4/8 devices
     python examples/tp_weight_bytes.py --models opt-30b --sparsity 0.7 0.9 --devices 1 2 4 8 16
+    python examples/tp_weight_bytes.py --vocab-parallel         # shard_model(..., vocab_parallel=True)
 
 The layer shapes come from the model code itself (OPTForCausalLM.abstract: shapes only, no memory), split the
 way shard_model splits them (jax_flashllm.sharding.OPT_PLAN). Tiled-CSL bytes per shard follow the format: 4
 per stored entry + 4 per tile offset, each 128 x 64 tile keeping (1 - sparsity) of its elements rounded up to
 a multiple of 8 (uniform density; shards then need no padding to a common entry count). Everything outside the
 decoder layers' projections — token/position embeddings (the tied LM head), LayerNorms, row-parallel biases —
-is replicated on every device in float16; column-parallel biases are split.
+is replicated on every device in float16 (the token embedding is split with --vocab-parallel); column-parallel
+biases are split.
 """
 
 from __future__ import annotations
@@ -43,14 +45,18 @@ def tiled_csl_bytes(m: int, k: int, sparsity: float) -> int:
 _PLAN = {(parent, name) if parent else (name,): kind for parent, name, kind in OPT_PLAN}
 
 
-def per_device_bytes(model: OPTForCausalLM, devices: int, sparsity: float | None) -> dict[str, int]:
+def per_device_bytes(model: OPTForCausalLM, devices: int, sparsity: float | None,
+                     vocab_parallel: bool = False) -> dict[str, int]:
     """{"split": projection weights + split biases, "replicated": the rest} on one of `devices` devices;
-    sparsity None: dense 16-bit projections. model: an abstract OPTForCausalLM (shapes only)."""
+    sparsity None: dense 16-bit projections. model: an abstract OPTForCausalLM (shapes only).
+    vocab_parallel: the token embedding (tied LM head) is split by rows too (shard_model's option)."""
     split = replicated = 0
     for path, var in nnx.to_flat_state(nnx.state(model)):
         # path: ("layers", i, "self_attn", "q_proj", "kernel"), ("embed_tokens", "embedding"), ...
         kind = _PLAN.get(tuple(path[2:-1])) if path[0] == "layers" else None
-        if kind is None:
+        if vocab_parallel and path[0] == "embed_tokens":
+            split += int(np.prod(var.shape)) * DENSE_BYTES // devices
+        elif kind is None:
             replicated += int(np.prod(var.shape)) * DENSE_BYTES
         elif path[-1] == "bias":
             bias = var.shape[0] * DENSE_BYTES
@@ -67,6 +73,7 @@ def main():
     parser.add_argument("--models", nargs="+", default=["opt-66b", "opt-175b"])
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.8])
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--vocab-parallel", action="store_true", help="split the token embedding / LM head too")
     args = parser.parse_args()
     print(f"{'model':<9} {'devices':>7} {'weights':>14} {'GiB/device':>11} {'split':>8} {'replicated':>10} "
           f"{'fits 80 GB':>10} {'fits 141 GB':>11}")
@@ -75,7 +82,7 @@ def main():
         for sparsity in [None, *args.sparsity]:
             label = "dense fp16" if sparsity is None else f"{sparsity:.0%} Tiled-CSL"
             for devices in args.devices:
-                b = per_device_bytes(model, devices, sparsity)
+                b = per_device_bytes(model, devices, sparsity, args.vocab_parallel)
                 total = b["split"] + b["replicated"]
                 print(f"{name:<9} {devices:>7} {label:>14} {total / GIB:>11.1f} {b['split'] / GIB:>8.1f} "
                       f"{b['replicated'] / GIB:>10.2f} {'yes' if total <= 80e9 else 'no':>10} "

@@ -361,12 +361,14 @@ def _on_mesh(a, mesh: Mesh) -> bool:
     return isinstance(sharding, NamedSharding) and sharding.mesh == mesh
 
 
-def shard_model(model, mesh: Mesh, axis: str = "tp"):
+def shard_model(model, mesh: Mesh, axis: str = "tp", *, vocab_parallel: bool = False):
     """Megatron-style tensor parallelism for an OPTForCausalLM (dense, sparse or mixed layers), in place.
 
     Every decoder layer's q/k/v_proj and fc1 become column-parallel and out_proj and fc2 row-parallel over
     mesh axis ``axis`` (attention heads and FFN columns split across its devices); everything else
-    (embeddings and the tied LM head, positions, LayerNorms, project_in/out) is replicated. Returns the
+    (positions, LayerNorms, project_in/out) is replicated, and so is the token embedding (= the tied LM
+    head) unless ``vocab_parallel``: then its rows are split too (vocab_size / S per device), at the cost
+    of one more all-reduce per forward (the lookup) and a small all-gather to pick the next token. Returns the
     model; ``jax_flashllm.generate`` runs on it as on one device. Load (and sparsify) the model on the host
     CPU first — only the shards go to the accelerators. The mesh's axes are used as Auto axes whatever
     their type (the model's activations and KV cache are sharded by XLA's propagation).
@@ -377,9 +379,13 @@ def shard_model(model, mesh: Mesh, axis: str = "tp"):
     # XLA's propagation, which needs Auto axes; jax.make_mesh makes Explicit ones by default.
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))
     cfg, size = model.config, mesh.shape[axis]
-    for name, value in (("num_attention_heads", cfg.num_attention_heads), ("ffn_dim", cfg.ffn_dim)):
+    split = [("num_attention_heads", cfg.num_attention_heads), ("ffn_dim", cfg.ffn_dim)]
+    for name, value in split + ([("vocab_size", cfg.vocab_size)] if vocab_parallel else []):
         if value % size:
             raise ValueError(f"{name} = {value} is not a multiple of the {size} devices of mesh axis {axis!r}")
+    if vocab_parallel:
+        table = model.embed_tokens.embedding
+        table.set_value(jax.device_put(table[...], NamedSharding(mesh, P(axis, None))))
     for layer in model.layers:
         for parent_name, name, kind in OPT_PLAN:
             parent = layer if parent_name is None else getattr(layer, parent_name)

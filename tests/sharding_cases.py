@@ -178,10 +178,10 @@ _PROMPTS = jnp.array([[1, 1, 7, 8, 9], [5, 6, 7, 8, 9]], jnp.int32)  # row 0 lef
 _MASK = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], jnp.int32)
 
 
-def _generation_matches(sparse, post_ln, sizes=(2, 4), axis_type=AxisType.Auto):
+def _generation_matches(sparse, post_ln, sizes=(2, 4), axis_type=AxisType.Auto, vocab_parallel=False):
     expected = generate(_opt(sparse, post_ln), _PROMPTS, _MASK, max_new_tokens=8, eos_token_id=None)
     for size in sizes:
-        model = shard_model(_opt(sparse, post_ln), _mesh(size, axis_type))
+        model = shard_model(_opt(sparse, post_ln), _mesh(size, axis_type), vocab_parallel=vocab_parallel)
         if sparse:
             layer = model.layers[0]
             assert isinstance(layer.fc2, ShardedSparseLinear) and layer.fc2.values.shape[0] == size
@@ -206,11 +206,16 @@ def opt_sparse_post_ln_generation_matches_one_device():
 
 
 @case
+def opt_vocab_parallel_generation_matches_one_device():
+    _generation_matches(sparse=True, post_ln=False, sizes=(4,), vocab_parallel=True)
+
+
+@case
 def hlo_opt_two_all_reduces_per_layer():
-    """A prefill of the sharded model: one all-reduce per out_proj and per fc2, nothing else crosses
-    devices — no weight is gathered, the KV cache and the heads stay split."""
-    for sparse in (False, True):
-        model = shard_model(_opt(sparse), _mesh(4))
+    """A prefill of the sharded model: one all-reduce per out_proj and per fc2 (and one for a vocab-split
+    embedding), nothing else crosses devices — no weight is gathered, the KV cache and the heads stay split."""
+    for sparse, vocab_parallel in ((False, False), (True, False), (True, True)):
+        model = shard_model(_opt(sparse), _mesh(4), vocab_parallel=vocab_parallel)
         graphdef, state = nnx.split(model)
         cache = KVCache.zeros(model.config, 2, 16, model.dtype)
 
@@ -218,8 +223,9 @@ def hlo_opt_two_all_reduces_per_layer():
             return nnx.merge(graphdef, state).decode(ids, cache, 0)
 
         text = jax.jit(prefill).lower(state, _PROMPTS, cache).compile().as_text()
-        expected = ["all-reduce"] * (2 * model.config.num_hidden_layers)
-        assert collectives(text) == expected, (sparse, collectives(text))
+        # A vocab-split embedding adds one all-reduce: each device looks up the ids in its own rows.
+        expected = ["all-reduce"] * (2 * model.config.num_hidden_layers + vocab_parallel)
+        assert collectives(text) == expected, (sparse, vocab_parallel, collectives(text))
 
 
 def main(names):
