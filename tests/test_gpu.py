@@ -59,10 +59,11 @@ def test_shapes_off_the_grid_and_unaligned_rows(m, k):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_split_k_decode_shape(dtype):
     m, k, n = 1024, 8192, 8  # few output blocks, many K tiles: the dispatcher splits K
-    assert _tiling.choose_split_k(m, k, n, _num_sms()) > 1
+    split = _tiling.choose_split_k(m, k, n, _num_sms())
+    assert split > 1
     s, w, x = _case(7, m, k, n, 0.8, dtype)
     hlo = jax.jit(jf.sparse_dense).lower(x, s).as_text()
-    assert "split_k" in hlo
+    assert f"split_k = {split} : i64" in hlo
     assert_close_to_reference(jax.jit(jf.sparse_dense)(x, s), x, w)
 
 
