@@ -200,3 +200,36 @@ def test_dense_paths_conflict_free(config):
     assert stats["smem_bank_conflicts"] == 0
     # Each cp.async warp request moves 32 x 16 contiguous-by-row bytes = 16 sectors.
     assert stats["gmem_sectors"] == 16 * stats["gmem_requests"]
+
+
+# ---- numeric.cuh: the kernel's own 16-bit conversions, bit for bit against numpy / ml_dtypes ---
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_kernel_conversions_match_numpy(dtype):
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    widened = emu.widen_bits(bits, dtype.name)
+    expected = bits.view(dtype).astype(np.float32)
+    same = widened.view(np.uint32) == expected.view(np.uint32)
+    same |= np.isnan(widened) & np.isnan(expected)
+    assert same.all()
+
+    rng = np.random.default_rng(0)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN / inf neighbours, overflow to inf
+        f, want = _rounding_cases(rng, widened, dtype)
+    got = emu.round_float32(f, dtype.name)
+    assert np.array_equal(got, want), np.flatnonzero(got != want)[:10]
+    nan = emu.round_float32(np.array([np.nan], np.float32), dtype.name).view(dtype)
+    assert np.isnan(nan).all()
+
+
+def _rounding_cases(rng, widened, dtype):
+    """float32 inputs (random magnitudes, exact ties, edges) and numpy's rounding of them."""
+    scale = np.float32(2.0) ** rng.integers(-30, 20, 100_000)
+    f = np.concatenate([
+        rng.standard_normal(100_000).astype(np.float32) * scale,
+        # exact ties between neighbouring 16-bit values, subnormals, overflow edges, specials
+        (widened[:-1].astype(np.float64) / 2 + widened[1:].astype(np.float64) / 2).astype(np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, 65504.0, 65519.99, 65520.0, 1e-8, -6e-8, 3e38],
+                 np.float32),
+    ])
+    f = f[~np.isnan(f)]
+    return f, f.astype(dtype).view(np.uint16)
