@@ -318,11 +318,16 @@ def test_shared_store_load_counts(op, offsets, wavefronts, conflicts):
 
 # ---- shuffles -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("masks", [np.full(32, 1), np.full(32, 16), np.arange(32) % 5, np.full(32, 31)])
+@pytest.mark.parametrize("masks", [np.full(32, 1), np.full(32, 16), np.arange(32) % 5, np.full(32, 31),
+                                   np.full(32, 33), np.full(32, 0x7fff_ffe4), np.full(32, -1),
+                                   np.arange(32) * 37 - 500])
 def test_shfl_xor(masks):
+    """shfl.sync.bfly: lane l reads lane l ^ b[4:0] (the ISA takes only the low 5 bits of the lane
+    mask operand), so masks >= 32 or negative ones still exchange values instead of returning the
+    lane's own."""
     values = np.random.default_rng(2).standard_normal(32).astype(np.float32)
     masks = masks.astype(np.int32)
-    np.testing.assert_array_equal(emu.warp_shfl_xor(values, masks), values[LANES ^ masks])
+    np.testing.assert_array_equal(emu.warp_shfl_xor(values, masks), values[LANES ^ (masks & 31)])
 
 
 # ---- launches, barriers, divergence ---------------------------------------------------------------

@@ -333,15 +333,16 @@ struct ShflLane {
   float out;
 };
 
-// shfl.sync.bfly.b32 with c = 0x1f and membermask 0xffffffff: lane l reads lane l ^ mask; a source
-// lane outside the warp leaves the lane's own value.
+// shfl.sync.bfly.b32 with c = 0x1f (what __shfl_xor_sync with width 32 emits) and membermask
+// 0xffffffff. PTX ISA, shfl.sync: "bval[4:0] = b[4:0]; ... case .bfly: j = lane[4:0] ^ bval[4:0];
+// pval = (j <= maxLane)" with maxLane = 31 for c = 0x1f: only the low 5 bits of the mask count
+// and the source is always inside the warp.
 void exec_shfl_xor(const WarpCall& call) {
   float v[32];
   for (int l = 0; l < 32; ++l) v[l] = static_cast<const ShflLane*>(call.lane_data[l])->v;
   for (int l = 0; l < 32; ++l) {
     auto& sl = *static_cast<ShflLane*>(call.lane_data[l]);
-    const int src = l ^ sl.mask;
-    sl.out = (src >= 0 && src < 32) ? v[src] : v[l];
+    sl.out = v[l ^ (sl.mask & 31)];
   }
 }
 
