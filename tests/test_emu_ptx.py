@@ -135,6 +135,29 @@ def test_mma_matches_exactly_rounded_product(dtype):
         np.testing.assert_array_equal(unpack_d(d), ref)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_mma_nan_results_are_canonical(dtype):
+    """Any NaN result is the canonical 0x7fffffff (documented choice, see docs/emulation.md): a NaN
+    input with a payload and a sign, inf * 0, and inf - inf all give the same bits; rows and
+    columns without NaNs are untouched."""
+    one, inf, nan = (0x3C00, 0x7C00, 0xFE01) if dtype == "float16" else (0x3F80, 0x7F80, 0xFFC1)
+    a = np.zeros((16, 16), np.uint16)
+    b = np.zeros((16, 8), np.uint16)
+    a[0, 0] = nan          # row 0: NaN payload * 1
+    b[0, :] = one
+    a[1, 1] = inf          # row 1: inf * 0 (b[1, :] = 0)
+    a[2, 0] = inf          # row 2: inf * 1 + (-inf) * 1
+    a[2, 2] = inf
+    b[2, 0] = one | 0x8000
+    a[3, 0] = one          # row 3: finite
+    c = np.zeros((16, 8), np.float32)
+    d = unpack_d(emu.warp_mma(pack_a(a), pack_b(b), pack_c(c), dtype)).view(np.uint32)
+    assert (d[0] == 0x7FFFFFFF).all() and (d[1] == 0x7FFFFFFF).all()
+    assert d[2, 0] == 0x7FFFFFFF
+    np.testing.assert_array_equal(d[3].view(np.float32), np.ones(8, np.float32))
+    assert (d[4:] == 0).all()
+
+
 def test_mma_decodes_bits_by_dtype():
     """The tag picks how register bits are decoded: 0x3F80 is 1.0 as bfloat16, 1.875 as float16."""
     a = np.zeros((16, 16), np.uint16)

@@ -209,6 +209,19 @@ struct DecodeBf16 {
   }
 };
 
+// NaN results leave as the canonical single-precision NaN 0x7fffffff, whatever the inputs' payloads
+// (a NaN input, inf * 0, inf - inf): the CUDA Programming Guide documents that bit pattern for
+// results of float operations involving NaNs, and the tensor cores are reported to do the same for
+// f32 outputs. Not yet confirmed on our GPUs (no device here): re-check on the first one (see
+// docs/emulation.md). Without this the emulator would pass input payloads through (or x86's
+// negative default NaN 0xffc00000), which no GPU produces.
+float canonical_nan(float v) {
+  if (v == v) return v;
+  const uint32_t bits = 0x7fffffffu;
+  std::memcpy(&v, &bits, 4);
+  return v;
+}
+
 // Element i of a register fragment: register i / 2, low half for even i ("Elements (low to high)").
 uint16_t element(const uint32_t* regs, int i) { return uint16_t(regs[i / 2] >> (16 * (i % 2))); }
 
@@ -262,7 +275,7 @@ void exec_mma(const WarpCall& call) {
     const auto& ml = *static_cast<const MmaLane*>(call.lane_data[l]);
     const int g = l >> 2, t = l % 4;
     for (int i = 0; i < 4; ++i)  // all lanes' operands were read above, so d may alias c
-      ml.d[i] = float(acc[i < 2 ? g : g + 8][t * 2 + (i & 1)]);
+      ml.d[i] = canonical_nan(float(acc[i < 2 ? g : g + 8][t * 2 + (i & 1)]));
   }
 }
 
