@@ -405,10 +405,11 @@ def test_launch_limits(grid, block, smem, match):
 @pytest.mark.parametrize(
     "name, match",
     [
-        ("collective_mismatch", r"warp 0 lane 16\]: reached mma.m16n8k16.f16 while lanes 0-15 of its "
-                                r"warp wait at ldmatrix.x4 \(warp divergence\)"),
+        ("collective_mismatch", r"warp 0 lane 16\]: reached mma.m16n8k16.f16 \(warp_probes.cc:\d+:\d+\) "
+                                r"while lanes 0-15 of its warp wait at ldmatrix.x4 \(warp_probes.cc:\d+:\d+\) "
+                                r"\(warp divergence\)"),
         ("collective_vs_barrier", r"reached __syncthreads while lanes 0-15 of its warp wait at "
-                                  r"shfl.sync.bfly"),
+                                  r"shfl.sync.bfly \(warp_probes.cc"),
         ("exit_at_collective", r"shfl.sync.bfly needs all 32 lanes of the warp, but only 16"),
         ("ldmatrix_out_of_range", r"warp 0: ldmatrix: lane 0's address .* outside the block's 256 bytes"),
         ("ldmatrix_misaligned", r"ldmatrix: lane 0's shared-memory offset 8 is not 16-byte aligned"),
@@ -421,6 +422,18 @@ def test_launch_limits(grid, block, smem, match):
 def test_divergence_and_bad_addresses_are_reported(name, match):
     with pytest.raises(RuntimeError, match=match):
         emu.scenario(name, 64)
+
+
+def test_same_instruction_at_two_call_sites_is_divergence():
+    """.sync.aligned instructions must be the same instruction for every lane: two ldmatrix.x4 calls in
+    divergent branches are reported (they used to be merged into one), while one call site reached
+    repeatedly by all lanes is fine."""
+    with pytest.raises(RuntimeError, match=r"warp 0 lane 16\]: reached ldmatrix.x4 \(warp_probes.cc:(\d+):\d+\) "
+                                           r"while lanes 0-15 of its warp wait at ldmatrix.x4 "
+                                           r"\(warp_probes.cc:(?!\1:)\d+:\d+\) \(warp divergence: two call "
+                                           r"sites of one instruction\)"):
+        emu.scenario("two_call_sites", 32)
+    emu.scenario("one_call_site_in_loop", 64)
 
 
 def test_shared_memory_starts_as_0xcd_and_exited_threads_leave_barriers():

@@ -181,15 +181,25 @@ size_t current_smem_bytes();
 // Block barrier (bar.sync 0): returns when every thread of the block that has not exited arrived.
 void syncthreads();
 
-// Warp collective core. Every lane of the calling thread's warp calls it with the same `kind`; the
-// last lane to arrive runs exec(lane_data, ctx) for the whole warp while the others wait.
+// Source location of a wrapper call (filled by defaulted __builtin_FILE/LINE/COLUMN arguments of
+// the ptx:: wrappers, so it is the device code's call site). file == nullptr: no call site.
+struct CallSite {
+  const char* file = nullptr;
+  int line = 0;
+  int column = 0;
+};
+
+// Warp collective core. Every lane of the calling thread's warp calls it with the same `kind` from
+// the same call site (a .sync.aligned instruction must be the same instruction for all lanes: two
+// ldmatrix calls in divergent branches are divergence even though both are ldmatrix); the last lane
+// to arrive runs exec(lane_data, ctx) for the whole warp while the others wait.
 struct WarpCall;
 using WarpExec = void (*)(const WarpCall& call);
 struct WarpCall {
   void* lane_data[32];  // what each lane passed, indexed by lane
   int warp;             // warp index within the block
 };
-void warp_collective(int kind, const char* name, WarpExec exec, void* my_data);
+void warp_collective(int kind, const char* name, WarpExec exec, void* my_data, CallSite site = {});
 
 // Which lane / warp the calling thread is.
 int lane_id();
@@ -254,7 +264,7 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
 inline void __syncthreads() { ::flashllm::emu::detail::syncthreads(); }
 
 // __syncwarp(): a rendezvous of the 32 lanes (partial masks are not supported and not needed by a
-// kernel that keeps its warps converged).
+// kernel that keeps its warps converged). No call site: lanes may meet at different __syncwarp calls.
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
   if (mask != 0xffffffffu) ::flashllm::emu::detail::fail("__syncwarp: only the full mask is emulated");
   ::flashllm::emu::detail::warp_collective(

@@ -69,6 +69,22 @@ std::string lanes_in(const Worker& wk, int w, State s) {
   return out;
 }
 
+// "ldmatrix.x4 (spmm_kernel.cuh:153:7)": an instruction and its call site (file base name; the
+// column is 0 where the compiler cannot tell it).
+std::string where(const char* name, CallSite site) {
+  std::string out = name;
+  if (!site.file) return out;
+  const char* base = std::strrchr(site.file, '/');
+  out += std::string(" (") + (base ? base + 1 : site.file) + ":" + std::to_string(site.line) + ":" +
+         std::to_string(site.column) + ")";
+  return out;
+}
+
+bool same_site(CallSite a, CallSite b) {
+  if (!a.file || !b.file) return true;  // __syncwarp: any call sites may meet
+  return a.line == b.line && a.column == b.column &&
+         (a.file == b.file || std::strcmp(a.file, b.file) == 0);
+}
 
 void release_barrier(Worker& wk) {
   for (int i = 0; i < wk.nthreads; ++i)
@@ -107,7 +123,7 @@ void thread_exit(Worker& wk, Thread& t) {
   Warp& w = wk.warps[t.warp];
   if (w.arrived > 0)
     fail("exited while lanes " + lanes_in(wk, t.warp, State::kAtWarp) + " of its warp wait at " +
-         w.name + " (warp divergence)");
+         where(w.name, w.site) + " (warp divergence)");
   t.state = State::kDone;
   --w.live;
   --wk.live;
@@ -140,7 +156,8 @@ std::string deadlock_report(const Worker& wk) {
     const std::string at_w = lanes_in(wk, int(w), State::kAtWarp);
     if (!at_b.empty()) s += " warp " + std::to_string(w) + " lanes " + at_b + " at __syncthreads;";
     if (!at_w.empty())
-      s += " warp " + std::to_string(w) + " lanes " + at_w + " at " + wk.warps[w].name + ";";
+      s += " warp " + std::to_string(w) + " lanes " + at_w + " at " +
+           where(wk.warps[w].name, wk.warps[w].site) + ";";
   }
   return s;
 }
@@ -327,7 +344,7 @@ void syncthreads() {
   Warp& w = wk.warps[t.warp];
   if (w.arrived > 0)
     fail("reached __syncthreads while lanes " + lanes_in(wk, t.warp, State::kAtWarp) +
-         " of its warp wait at " + w.name + " (warp divergence)");
+         " of its warp wait at " + where(w.name, w.site) + " (warp divergence)");
   ++wk.barrier_arrived;
   if (wk.barrier_arrived == wk.live) {
     release_barrier(wk);
@@ -338,7 +355,7 @@ void syncthreads() {
   yield(wk, t);
 }
 
-void warp_collective(int kind, const char* name, WarpExec exec, void* my_data) {
+void warp_collective(int kind, const char* name, WarpExec exec, void* my_data, CallSite site) {
   Worker& wk = worker();
   Thread& t = *wk.current;
   Warp& w = wk.warps[t.warp];
@@ -346,15 +363,17 @@ void warp_collective(int kind, const char* name, WarpExec exec, void* my_data) {
     fail(std::string(name) + " needs all 32 lanes of the warp, but only " + std::to_string(w.live) +
          " are running (partial warp or exited lanes)");
   if (w.at_barrier > 0)
-    fail(std::string("reached ") + name + " while lanes " + lanes_in(wk, t.warp, State::kAtBarrier) +
+    fail("reached " + where(name, site) + " while lanes " + lanes_in(wk, t.warp, State::kAtBarrier) +
          " of its warp wait at __syncthreads (warp divergence)");
   if (w.arrived == 0) {
     w.kind = kind;
     w.name = name;
+    w.site = site;
     w.exec = exec;
-  } else if (w.kind != kind) {
-    fail(std::string("reached ") + name + " while lanes " + lanes_in(wk, t.warp, State::kAtWarp) +
-         " of its warp wait at " + w.name + " (warp divergence)");
+  } else if (w.kind != kind || !same_site(w.site, site)) {
+    fail("reached " + where(name, site) + " while lanes " + lanes_in(wk, t.warp, State::kAtWarp) +
+         " of its warp wait at " + where(w.name, w.site) +
+         (w.kind == kind ? " (warp divergence: two call sites of one instruction)" : " (warp divergence)"));
   }
   w.call.lane_data[t.lane] = my_data;
   if (++w.arrived < 32) {

@@ -37,6 +37,7 @@ struct Warp {
   int at_barrier = 0;  // lanes waiting at __syncthreads
   int kind = -1;
   const char* name = "";
+  CallSite site;  // call site of the current collective (the first lane's)
   WarpExec exec = nullptr;
   WarpCall call{};
   uint8_t async_issued[32] = {};                 // cp.async count per lane since the last sync

@@ -361,23 +361,24 @@ void exec_shfl_xor(const WarpCall& call) {
 
 }  // namespace
 
-void ldmatrix(uint32_t* regs, int num, bool trans, const void* smem_row) {
+void ldmatrix(uint32_t* regs, int num, bool trans, const void* smem_row, CallSite site) {
   static const char* const kNames[10] = {
       "", "", "ldmatrix.x1", "ldmatrix.x1.trans", "ldmatrix.x2", "ldmatrix.x2.trans",
       "", "", "ldmatrix.x4", "ldmatrix.x4.trans"};
   LdmatrixLane lane{smem_row, regs, num, trans};
   const int kind = kLdmatrix + 2 * num + (trans ? 1 : 0);
-  detail::warp_collective(kind, kNames[kind], &exec_ldmatrix, &lane);
+  detail::warp_collective(kind, kNames[kind], &exec_ldmatrix, &lane, site);
 }
 
-void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, MmaType type) {
+void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, MmaType type,
+                  CallSite site) {
   MmaLane lane{a, b, c, d};
   if (type == MmaType::kBF16)
     detail::warp_collective(kMmaBF16, "mma.m16n8k16.bf16",
-                            &exec_mma<DecodeBf16>, &lane);
+                            &exec_mma<DecodeBf16>, &lane, site);
   else
     detail::warp_collective(kMmaF16, "mma.m16n8k16.f16",
-                            &exec_mma<DecodeF16>, &lane);
+                            &exec_mma<DecodeF16>, &lane, site);
 }
 
 // cp.async.cg.shared.global [dst], [src], 16, src_bytes: reads src_bytes bytes (the source is read
@@ -425,37 +426,37 @@ void cp_async_wait(int n) {
   groups.erase(groups.begin(), groups.begin() + long(land));
 }
 
-uint4 ldg_128(const void* gmem) {
+uint4 ldg_128(const void* gmem, CallSite site) {
   LdgLane<uint4> lane{gmem, {}};
-  detail::warp_collective(kLdg128, kLdg128Name, &exec_ldg<uint4, Op::kLdg128, kLdg128Name>, &lane);
+  detail::warp_collective(kLdg128, kLdg128Name, &exec_ldg<uint4, Op::kLdg128, kLdg128Name>, &lane, site);
   return lane.out;
 }
 
-uint32_t ldg_32(const void* gmem) {
+uint32_t ldg_32(const void* gmem, CallSite site) {
   LdgLane<uint32_t> lane{gmem, 0};
-  detail::warp_collective(kLdg32, kLdg32Name, &exec_ldg<uint32_t, Op::kLdg32, kLdg32Name>, &lane);
+  detail::warp_collective(kLdg32, kLdg32Name, &exec_ldg<uint32_t, Op::kLdg32, kLdg32Name>, &lane, site);
   return lane.out;
 }
 
-void sts_16(void* smem, uint16_t v) {
+void sts_16(void* smem, uint16_t v, CallSite site) {
   SmemLane<uint16_t> lane{smem, v};
-  detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, Op::kSts16, kSts16Name>, &lane);
+  detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, Op::kSts16, kSts16Name>, &lane, site);
 }
 
-void sts_128(void* smem, uint4 v) {
+void sts_128(void* smem, uint4 v, CallSite site) {
   SmemLane<uint4> lane{smem, v};
-  detail::warp_collective(kSts128, kSts128Name, &exec_smem<uint4, true, Op::kSts128, kSts128Name>, &lane);
+  detail::warp_collective(kSts128, kSts128Name, &exec_smem<uint4, true, Op::kSts128, kSts128Name>, &lane, site);
 }
 
-uint4 lds_128(const void* smem) {
+uint4 lds_128(const void* smem, CallSite site) {
   SmemLane<uint4> lane{const_cast<void*>(smem), {}};
-  detail::warp_collective(kLds128, kLds128Name, &exec_smem<uint4, false, Op::kLds128, kLds128Name>, &lane);
+  detail::warp_collective(kLds128, kLds128Name, &exec_smem<uint4, false, Op::kLds128, kLds128Name>, &lane, site);
   return lane.v;
 }
 
-float shfl_xor(float v, int lane_mask) {
+float shfl_xor(float v, int lane_mask, CallSite site) {
   ShflLane lane{v, lane_mask, 0.0f};
-  detail::warp_collective(kShflXor, "shfl.sync.bfly", &exec_shfl_xor, &lane);
+  detail::warp_collective(kShflXor, "shfl.sync.bfly", &exec_shfl_xor, &lane, site);
   return lane.out;
 }
 

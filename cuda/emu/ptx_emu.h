@@ -14,18 +14,20 @@ namespace emu {
 namespace ptx_impl {
 
 enum class MmaType { kF16, kBF16 };
+using detail::CallSite;
 
-void ldmatrix(uint32_t* regs, int num, bool trans, const void* smem_row);
-void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, MmaType type);
+void ldmatrix(uint32_t* regs, int num, bool trans, const void* smem_row, CallSite site);
+void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, MmaType type,
+                  CallSite site);
 void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int n);
-uint4 ldg_128(const void* gmem);
-uint32_t ldg_32(const void* gmem);
-void sts_16(void* smem, uint16_t v);
-void sts_128(void* smem, uint4 v);
-uint4 lds_128(const void* smem);
-float shfl_xor(float v, int lane_mask);
+uint4 ldg_128(const void* gmem, CallSite site);
+uint32_t ldg_32(const void* gmem, CallSite site);
+void sts_16(void* smem, uint16_t v, CallSite site);
+void sts_128(void* smem, uint4 v, CallSite site);
+uint4 lds_128(const void* smem, CallSite site);
+float shfl_xor(float v, int lane_mask, CallSite site);
 
 constexpr bool same_name(const char* a, const char* b) {
   return *a == *b && (*a == '\0' || same_name(a + 1, b + 1));
@@ -45,29 +47,47 @@ constexpr MmaType mma_type() {
 
 namespace ptx {
 
-inline void ldmatrix_x1(uint32_t& r0, const void* smem_row) {
-  emu::ptx_impl::ldmatrix(&r0, 1, false, smem_row);
+// Every warp-collective wrapper takes its caller's source location as defaulted trailing arguments
+// (evaluated at the call site, invisible to device code), so the emulator can tell two call sites
+// of the same instruction apart and report lanes of one warp that reach different ones. (Columns
+// where the compiler has __builtin_COLUMN, g++ >= 13 and clang; two calls on one line are one site
+// otherwise.)
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_COLUMN)
+#define FLASHLLM_EMU_SITE_COLUMN __builtin_COLUMN()
+#endif
+#endif
+#ifndef FLASHLLM_EMU_SITE_COLUMN
+#define FLASHLLM_EMU_SITE_COLUMN 0
+#endif
+#define FLASHLLM_EMU_SITE_ARGS \
+  const char *site_file = __builtin_FILE(), int site_line = __builtin_LINE(), \
+              int site_col = FLASHLLM_EMU_SITE_COLUMN
+#define FLASHLLM_EMU_SITE ::flashllm::emu::detail::CallSite{site_file, site_line, site_col}
+
+inline void ldmatrix_x1(uint32_t& r0, const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(&r0, 1, false, smem_row, FLASHLLM_EMU_SITE);
 }
-inline void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row) {
-  emu::ptx_impl::ldmatrix(r, 2, false, smem_row);
+inline void ldmatrix_x2(uint32_t (&r)[2], const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(r, 2, false, smem_row, FLASHLLM_EMU_SITE);
 }
-inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
-  emu::ptx_impl::ldmatrix(r, 4, false, smem_row);
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(r, 4, false, smem_row, FLASHLLM_EMU_SITE);
 }
-inline void ldmatrix_x1_trans(uint32_t& r0, const void* smem_row) {
-  emu::ptx_impl::ldmatrix(&r0, 1, true, smem_row);
+inline void ldmatrix_x1_trans(uint32_t& r0, const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(&r0, 1, true, smem_row, FLASHLLM_EMU_SITE);
 }
-inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row) {
-  emu::ptx_impl::ldmatrix(r, 2, true, smem_row);
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(r, 2, true, smem_row, FLASHLLM_EMU_SITE);
 }
-inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row) {
-  emu::ptx_impl::ldmatrix(r, 4, true, smem_row);
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* smem_row, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::ldmatrix(r, 4, true, smem_row, FLASHLLM_EMU_SITE);
 }
 
 template <class Tag>
 inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
-                         const float (&c)[4]) {
-  emu::ptx_impl::mma_m16n8k16(d, a, b, c, emu::ptx_impl::mma_type<Tag>());
+                         const float (&c)[4], FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::mma_m16n8k16(d, a, b, c, emu::ptx_impl::mma_type<Tag>(), FLASHLLM_EMU_SITE);
 }
 
 inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
@@ -80,12 +100,27 @@ inline void cp_async_wait() {
   emu::ptx_impl::cp_async_wait(N);
 }
 
-inline uint4 ldg_128(const void* gmem) { return emu::ptx_impl::ldg_128(gmem); }
-inline uint32_t ldg_32(const void* gmem) { return emu::ptx_impl::ldg_32(gmem); }
-inline void sts_16(void* smem, uint16_t v) { emu::ptx_impl::sts_16(smem, v); }
-inline void sts_128(void* smem, uint4 v) { emu::ptx_impl::sts_128(smem, v); }
-inline uint4 lds_128(const void* smem) { return emu::ptx_impl::lds_128(smem); }
-inline float shfl_xor(float v, int lane_mask) { return emu::ptx_impl::shfl_xor(v, lane_mask); }
+inline uint4 ldg_128(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::ldg_128(gmem, FLASHLLM_EMU_SITE);
+}
+inline uint32_t ldg_32(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::ldg_32(gmem, FLASHLLM_EMU_SITE);
+}
+inline void sts_16(void* smem, uint16_t v, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::sts_16(smem, v, FLASHLLM_EMU_SITE);
+}
+inline void sts_128(void* smem, uint4 v, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::sts_128(smem, v, FLASHLLM_EMU_SITE);
+}
+inline uint4 lds_128(const void* smem, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::lds_128(smem, FLASHLLM_EMU_SITE);
+}
+inline float shfl_xor(float v, int lane_mask, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::shfl_xor(v, lane_mask, FLASHLLM_EMU_SITE);
+}
+
+#undef FLASHLLM_EMU_SITE_ARGS
+#undef FLASHLLM_EMU_SITE
 
 }  // namespace ptx
 }  // namespace flashllm

@@ -316,6 +316,15 @@ __global__ void scenario_probe(int which, uint8_t* out) {
       out[t] = uint8_t(buf[(t + 1) % int(blockDim.x)]);
       break;
     }
+    case 12:  // the same instruction at two call sites in divergent branches (two instructions)
+      if (lane < 16)
+        ptx::ldmatrix_x4(r, smem + 16 * (lane % 8));
+      else
+        ptx::ldmatrix_x4(r, smem + 16 * (lane % 8));
+      break;
+    case 13:  // one call site reached by every lane from a helper in a loop: legal
+      for (int i = 0; i < 3; ++i) ptx::shfl_xor(float(i), 1 + i);
+      break;
     case 9:  // the same, correctly awaited: legal
       ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
       ptx::cp_async_commit();
@@ -332,9 +341,10 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
                                        "ldmatrix_misaligned", "uninitialized_smem",
                                        "early_exit_barrier",  "cp_async_out_of_bounds",
                                        "ldmatrix_reads_inflight", "ldmatrix_after_wait",
-                                       "missing_barrier_after_wait", "static_shared"};
+                                       "missing_barrier_after_wait", "static_shared",
+                                       "two_call_sites",      "one_call_site_in_loop"};
   int which = -1;
-  for (int i = 0; i < 12; ++i)
+  for (int i = 0; i < int(sizeof kNames / sizeof kNames[0]); ++i)
     if (name == kNames[i]) which = i;
   if (which < 0) throw std::invalid_argument("unknown scenario " + name);
   std::vector<uint8_t> out(256, 0);
