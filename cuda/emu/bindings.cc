@@ -3,6 +3,9 @@
 // and, when the kernel engineer's cuda/emu/spmm_entry.cc exists (CMake then defines
 // FLASHLLM_HAVE_SPMM_ENTRY), the emulated `spmm` entry point.
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+
+#include <string>
 
 #include "emu.h"
 #include "py_util.h"
@@ -31,6 +34,12 @@ NB_MODULE(_flashllm_emu, m) {
   m.def("set_num_workers", &emu::set_num_workers, nb::arg("n"),
         "Host threads that run blocks in parallel (results do not depend on it).");
   m.def("num_workers", &emu::num_workers);
+  m.def("set_schedule", [](const std::string& name) { emu::set_schedule(emu::parse_schedule(name)); },
+        nb::arg("name"),
+        "Fiber order: 'alternate' (default: lockstep, warp order reversed every other barrier "
+        "epoch), 'round_robin' (lockstep, thread order) or 'warp_greedy' (a warp runs until it "
+        "blocks at a barrier). A race-free kernel gives the same result under each.");
+  m.def("schedule", [] { return std::string(emu::schedule_name(emu::schedule())); });
   m.def("set_max_dynamic_smem", &emu::set_max_dynamic_smem, nb::arg("bytes"),
         "Largest dynamic shared memory a launch may request (default 101376, sm_86/89).");
   m.def("max_dynamic_smem", &emu::max_dynamic_smem);

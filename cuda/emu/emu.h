@@ -7,9 +7,12 @@
 // until it reaches a synchronization point — __syncthreads (a real block barrier) or a warp
 // collective (ldmatrix, mma, shuffles, counted loads/stores: all 32 lanes hand over their operands,
 // the last lane to arrive executes the instruction for the whole warp). Scheduling is deterministic
-// (round robin in thread order), so a failing kernel fails the same way every time. A warp whose
-// lanes wait at different collectives, or at a collective and a barrier, is reported as an error
-// (emu::Error) naming the block, warp, lanes and instructions; it never hangs.
+// (see Schedule: lockstep with the warp order alternating by barrier epoch, by default), so a
+// failing kernel fails the same way every time. A warp whose lanes wait at different collectives
+// (or call sites), or at a collective and a barrier, is reported as an error (emu::Error) naming the
+// block, warp, lanes and instructions; it never hangs. Counted shared-memory accesses of different
+// warps to the same bytes with no barrier between them (one of them a write) are reported as data
+// races whatever order the schedule ran them in (track_smem).
 #pragma once
 
 #ifndef FLASHLLM_EMU
@@ -152,6 +155,22 @@ size_t max_dynamic_smem();
 void set_num_workers(int n);
 int num_workers();
 
+// The order in which the fibers of a block run between synchronization points. All are
+// deterministic; a race-free kernel gives the same result under each, so tests run several to make
+// order-dependent bugs (races through plain, unchecked accesses) show.
+//   kRoundRobin: thread order; every warp advances one collective at a time, in lockstep.
+//   kAlternate (default): like kRoundRobin, but warps take turns in descending order between odd
+//     and even barriers of the block (epochs), so "warp 0 always goes first" is not baked in.
+//   kWarpGreedy: one warp runs until it blocks at a barrier (or exits) before the next starts; warp
+//     order alternates by epoch as in kAlternate.
+// Default: env FLASHLLM_EMU_SCHEDULE ("round_robin" | "alternate" | "warp_greedy"), else kAlternate.
+enum class Schedule : int { kRoundRobin, kAlternate, kWarpGreedy };
+void set_schedule(Schedule s);
+Schedule schedule();
+// Name <-> Schedule ("round_robin", "alternate", "warp_greedy"); parse throws std::invalid_argument.
+const char* schedule_name(Schedule s);
+Schedule parse_schedule(const std::string& name);
+
 // Optional global-memory bounds checking: while at least one range is registered, every counted
 // global read (ldg_*, cp.async with src_bytes > 0) must lie inside a registered range, else Error.
 // Registered ranges also anchor sector counting (each range starts a sector, as cudaMalloc does).
@@ -198,6 +217,8 @@ using WarpExec = void (*)(const WarpCall& call);
 struct WarpCall {
   void* lane_data[32];  // what each lane passed, indexed by lane
   int warp;             // warp index within the block
+  const char* name;     // the instruction, and where the device code called it (for messages)
+  CallSite site;
 };
 void warp_collective(int kind, const char* name, WarpExec exec, void* my_data, CallSite site = {});
 
@@ -224,10 +245,24 @@ void count_gmem(Op op, uint64_t sectors);
 // last synchronization point is taken to be the same warp instruction (sectors counted per bucket).
 void note_async_read(const void* src, int bytes);
 
+// Shared-memory race detector. Each 2-byte halfword of the block's shared memory remembers the
+// last warp that wrote it and the warps that read it, with the barrier epoch (number of
+// __syncthreads released so far) of those accesses. An access by warp W is a data race when
+// another warp wrote the halfword in the current epoch (read-after-write, write-after-write), or,
+// for a write, another warp read it in the current epoch (write-after-read): with no barrier in
+// between, the GPU gives no order between the two warps. Every counted access checks this:
+// ldmatrix, lds_128 (reads), sts_16, sts_128 and cp.async (writes; a cp.async is checked when it
+// is issued and recorded when its wait_group lands it). Plain C++ accesses are not tracked.
+// `what` identifies the instruction and call site for messages (see access_id).
+void track_smem(uintptr_t offset, int bytes, bool write, uint16_t what, int warp, int lane);
+// A small number naming (instruction, call site), interned per worker thread for race messages.
+uint16_t access_id(const char* name, CallSite site);
+
 // Per-thread cp.async state (pending groups), owned by the runtime.
 struct AsyncCopy {
   unsigned char* dst;
   unsigned char data[16];
+  uint16_t what;  // access_id of the issuing cp.async
 };
 std::vector<AsyncCopy>& async_uncommitted();
 // Per 16-byte chunk of the block's shared memory: how many cp.async copies into it are in flight.

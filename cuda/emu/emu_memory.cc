@@ -2,7 +2,9 @@
 // statistics (totals and per instruction), per-thread cp.async state and the public configuration.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
 #include "emu_state.h"
 
@@ -14,6 +16,15 @@ Stats g_stats;
 OpStats g_ops[int(Op::kCount)];
 std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;
 size_t g_max_smem = 101376;
+Schedule g_schedule = [] {
+  const char* env = std::getenv("FLASHLLM_EMU_SCHEDULE");
+  try {
+    return env ? parse_schedule(env) : Schedule::kAlternate;
+  } catch (const std::exception& e) {  // never fail the import over it
+    std::fprintf(stderr, "flashllm emulator: %s; using 'alternate'\n", e.what());
+    return Schedule::kAlternate;
+  }
+}();
 
 static const char* const kOpNames[int(Op::kCount)] = {"ldmatrix", "sts_16", "sts_128", "lds_128",
                                                       "ldg_128",  "ldg_32", "cp.async"};
@@ -100,6 +111,86 @@ void mark_landed(size_t chunk) {
   wk.landed_by[chunk] = int16_t(wk.current->warp);
 }
 
+// ---- Race detector ------------------------------------------------------------------------------
+// Epochs fit 26 bits of read_tag; past that the tags are cleared (all stale anyway at a barrier).
+constexpr uint32_t kMaxEpoch = (1u << 26) - 1;
+
+void prepare_race_detector(Worker& wk) {
+  const size_t halfwords = (wk.smem_bytes + 1) / 2;
+  if (wk.write_tag.size() >= halfwords) return;
+  wk.write_tag.resize(halfwords, 0);  // new entries: epoch 0, older than any real epoch
+  wk.read_tag.resize(halfwords, 0);
+  wk.write_what.resize(halfwords, 0);
+  wk.read_what.resize(halfwords, 0);
+}
+
+void next_epoch(Worker& wk) {
+  if (++wk.epoch <= kMaxEpoch) return;
+  std::fill(wk.write_tag.begin(), wk.write_tag.end(), 0u);
+  std::fill(wk.read_tag.begin(), wk.read_tag.end(), 0u);
+  wk.epoch = 1;
+}
+
+uint16_t access_id(const char* name, CallSite site) {
+  Worker& wk = worker();
+  for (size_t i = 0; i < wk.accesses.size(); ++i) {
+    const auto& a = wk.accesses[i];
+    if (a.first == name && a.second.file == site.file && a.second.line == site.line &&
+        a.second.column == site.column)
+      return uint16_t(i);
+  }
+  if (wk.accesses.size() >= 0xffff) return 0xffff;  // "an instruction" in messages
+  wk.accesses.emplace_back(name, site);
+  return uint16_t(wk.accesses.size() - 1);
+}
+
+namespace {
+
+std::string describe(const Worker& wk, uint16_t what) {
+  if (what >= wk.accesses.size()) return "an instruction";
+  return where(wk.accesses[what].first, wk.accesses[what].second);
+}
+
+[[noreturn]] void report_race(const Worker& wk, size_t halfword, bool write, uint16_t what, int lane,
+                              int other_warp, bool other_wrote, uint16_t other_what) {
+  const std::string other =
+      other_warp >= 0 ? "warp " + std::to_string(other_warp) : std::string("another warp");
+  fail("shared-memory data race: " + describe(wk, what) + " (lane " + std::to_string(lane) + ") " +
+       (write ? "writes" : "reads") + " offset " + std::to_string(halfword * 2) + ", which " + other +
+       (other_wrote ? " wrote with " : " read with ") + describe(wk, other_what) +
+       " since the last __syncthreads: no barrier orders the two accesses (missing __syncthreads)");
+}
+
+}  // namespace
+
+void track_smem(uintptr_t offset, int bytes, bool write, uint16_t what, int warp, int lane) {
+  Worker& wk = *tls_worker;
+  const uint32_t ep = wk.epoch;
+  uint32_t* const wtag = wk.write_tag.data();
+  uint32_t* const rtag = wk.read_tag.data();
+  const size_t end = (offset + size_t(bytes) + 1) / 2;
+  for (size_t h = offset / 2; h < end; ++h) {
+    const uint32_t wt = wtag[h];
+    if ((wt >> 5) == ep && int(wt & 31) != warp)
+      report_race(wk, h, write, what, lane, int(wt & 31), true, wk.write_what[h]);
+    const uint32_t rt = rtag[h];
+    const bool read_now = (rt >> 6) == ep;
+    if (write) {
+      if (read_now && ((rt & 32) != 0 || int(rt & 31) != warp))
+        report_race(wk, h, write, what, lane, int(rt & 31) != warp ? int(rt & 31) : -1, false,
+                    wk.read_what[h]);
+      wtag[h] = ep << 5 | uint32_t(warp);
+      wk.write_what[h] = what;
+    } else if (!read_now) {
+      rtag[h] = ep << 6 | uint32_t(warp);
+      wk.read_what[h] = what;
+    } else if (int(rt & 31) != warp) {
+      rtag[h] = rt | 32;  // a second warp reads it in this epoch (first reader kept for messages)
+    }
+  }
+}
+
+// ---- cp.async state -----------------------------------------------------------------------------
 std::vector<AsyncCopy>& async_uncommitted() { return worker().current->uncommitted; }
 std::vector<std::vector<AsyncCopy>>& async_groups() { return worker().current->groups; }
 
@@ -139,6 +230,27 @@ void set_max_dynamic_smem(size_t bytes) {
 size_t max_dynamic_smem() {
   std::lock_guard<std::mutex> lock(detail::g_mutex);
   return detail::g_max_smem;
+}
+
+void set_schedule(Schedule s) {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  detail::g_schedule = s;
+}
+
+Schedule schedule() {
+  std::lock_guard<std::mutex> lock(detail::g_mutex);
+  return detail::g_schedule;
+}
+
+static const char* const kScheduleNames[] = {"round_robin", "alternate", "warp_greedy"};
+
+const char* schedule_name(Schedule s) { return kScheduleNames[int(s)]; }
+
+Schedule parse_schedule(const std::string& name) {
+  for (int i = 0; i < 3; ++i)
+    if (name == kScheduleNames[i]) return Schedule(i);
+  throw std::invalid_argument("unknown emulator schedule '" + name +
+                              "' (round_robin, alternate or warp_greedy)");
 }
 
 void set_num_workers(int n) {

@@ -49,6 +49,17 @@ void flush_async(Worker& wk, Warp& w) {
   std::memset(w.async_issued, 0, sizeof w.async_issued);
 }
 
+// "ldmatrix.x4 (spmm_kernel.cuh:153:7)": an instruction and its call site (file base name; the
+// column is 0 where the compiler cannot tell it).
+std::string where(const char* name, CallSite site) {
+  std::string out = name;
+  if (!site.file) return out;
+  const char* base = std::strrchr(site.file, '/');
+  out += std::string(" (") + (base ? base + 1 : site.file) + ":" + std::to_string(site.line) + ":" +
+         std::to_string(site.column) + ")";
+  return out;
+}
+
 namespace {
 
 // "0-15,20" style list of the lanes of warp `w` that are in state `s`.
@@ -69,17 +80,6 @@ std::string lanes_in(const Worker& wk, int w, State s) {
   return out;
 }
 
-// "ldmatrix.x4 (spmm_kernel.cuh:153:7)": an instruction and its call site (file base name; the
-// column is 0 where the compiler cannot tell it).
-std::string where(const char* name, CallSite site) {
-  std::string out = name;
-  if (!site.file) return out;
-  const char* base = std::strrchr(site.file, '/');
-  out += std::string(" (") + (base ? base + 1 : site.file) + ":" + std::to_string(site.line) + ":" +
-         std::to_string(site.column) + ")";
-  return out;
-}
-
 bool same_site(CallSite a, CallSite b) {
   if (!a.file || !b.file) return true;  // __syncwarp: any call sites may meet
   return a.line == b.line && a.column == b.column &&
@@ -96,21 +96,44 @@ void release_barrier(Worker& wk) {
   wk.barrier_arrived = 0;
   for (uint32_t c : wk.landed_list) wk.landed_by[c] = -1;  // the barrier publishes landed copies
   wk.landed_list.clear();
+  next_epoch(wk);  // accesses before and after the barrier are ordered: a new race epoch
+  ++wk.block_barriers;
 }
 
-// Suspends `from` (already marked blocked or done) and resumes the next runnable thread in
-// round-robin order directly, fiber to fiber (one switch per hand-over instead of two through the
-// scheduler); when none is runnable the scheduler takes over (block finished, or a deadlock).
+// The next runnable thread after `from` (see emu.h, Schedule): first the lanes of from's warp after
+// it (all of them, cyclically, when warp-greedy), then the other warps from lane 0, in ascending
+// order from from's warp, or descending in odd epochs (unless round robin). Null if none.
+Thread* next_runnable(Worker& wk, const Thread& from, Schedule sched) {
+  const int nwarps = int(wk.warps.size());
+  const int size = wk.warps[size_t(from.warp)].size;
+  const int own = sched == Schedule::kWarpGreedy ? size - 1 : size - 1 - from.lane;
+  const size_t base = size_t(from.warp) * 32;
+  for (int k = 1; k <= own; ++k) {
+    Thread* t = wk.threads[base + size_t((from.lane + k) % size)].get();
+    if (t->state == State::kRunnable) return t;
+  }
+  const bool descending = sched != Schedule::kRoundRobin && (wk.block_barriers & 1);
+  for (int j = 1; j <= nwarps; ++j) {
+    const int w = descending ? (from.warp - j + nwarps * 2) % nwarps : (from.warp + j) % nwarps;
+    const int n = wk.warps[size_t(w)].size;
+    for (int l = 0; l < n; ++l) {
+      Thread* t = wk.threads[size_t(w) * 32 + size_t(l)].get();
+      if (t->state == State::kRunnable) return t;
+    }
+  }
+  return nullptr;
+}
+
+// Suspends `from` (already marked blocked or done) and resumes the next runnable thread directly,
+// fiber to fiber (one switch per hand-over instead of two through the scheduler); when none is
+// runnable the scheduler takes over (block finished, or a deadlock).
 void switch_away(Worker& wk, Thread& from) {
-  const int n = wk.nthreads;
-  for (int k = 1, i = from.index + 1; k <= n; ++k, ++i) {
-    if (i == n) i = 0;
-    Thread& t = *wk.threads[i];
-    if (t.state != State::kRunnable) continue;
-    if (&t == &from) return;
-    wk.current = &t;
-    threadIdx = t.tid;
-    fiber::jump(from.ctx, t.ctx);
+  Thread* t = next_runnable(wk, from, wk.schedule);
+  if (t == &from) return;
+  if (t) {
+    wk.current = t;
+    threadIdx = t->tid;
+    fiber::jump(from.ctx, t->ctx);
     return;  // resumed by another fiber, which set current and threadIdx for us
   }
   wk.current = nullptr;
@@ -176,6 +199,8 @@ void prepare(Worker& wk, dim3 block, size_t smem_bytes) {
     wk.smem_capacity = cap;
   }
   wk.smem_bytes = smem_bytes;
+  prepare_race_detector(wk);
+  wk.schedule = schedule();
   wk.stats = Stats{};
   for (auto& o : wk.ops) o = OpStats{};
   wk.error.clear();
@@ -207,6 +232,8 @@ void run_block(Worker& wk, uint3 bidx) {
   wk.landed_list.clear();
   wk.live = wk.nthreads;
   wk.barrier_arrived = 0;
+  next_epoch(wk);  // nothing of the previous block's accesses is in this block's epoch
+  wk.block_barriers = 0;
   // Fibers hand over to each other; control returns here only when none is runnable.
   for (int i = 0; i < wk.nthreads; ++i) {
     Thread& t = *wk.threads[i];
@@ -384,6 +411,8 @@ void warp_collective(int kind, const char* name, WarpExec exec, void* my_data, C
   // Last lane: every lane's operands are in place (their stacks are suspended, not gone).
   flush_async(wk, w);
   w.call.warp = t.warp;
+  w.call.name = w.name;
+  w.call.site = w.site;
   w.arrived = 0;
   for (int l = 0; l < 32; ++l) {
     Thread& o = *wk.threads[t.warp * 32 + l];

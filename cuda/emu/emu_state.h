@@ -54,6 +54,18 @@ struct Worker {
   std::vector<uint16_t> inflight;  // per 16-byte shared chunk: cp.async copies not yet landed
   std::vector<int16_t> landed_by;  // per chunk: warp whose cp.async landed it since the last barrier
   std::vector<uint32_t> landed_list;  // chunks with landed_by >= 0 (reset at the next barrier)
+  // Race detector (emu.h, track_smem), per 2-byte halfword of shared memory:
+  //   write_tag = epoch << 5 | warp of the last write; read_tag = epoch << 6 | several << 5 | warp
+  //   of the first reader in that epoch (several: another warp read it too);
+  //   write_what / read_what = access_id of that write / read.
+  // `epoch` counts barriers over the worker's whole life (it never restarts at a block or launch),
+  // so tags left by earlier blocks are always stale; the arrays are cleared if it would overflow.
+  std::vector<uint32_t> write_tag, read_tag;
+  std::vector<uint16_t> write_what, read_what;
+  uint32_t epoch = 1;
+  int block_barriers = 0;  // barriers released in the current block (parity picks the warp order)
+  Schedule schedule = Schedule::kAlternate;  // this launch's (read once per launch)
+  std::vector<std::pair<const char*, CallSite>> accesses;  // access_id -> (instruction, call site)
   size_t smem_bytes = 0;
   int nthreads = 0;
   int live = 0;
@@ -77,15 +89,22 @@ extern std::vector<std::pair<uintptr_t, uintptr_t>> g_ranges;  // registered glo
 extern size_t g_max_smem;
 extern int g_workers;
 extern size_t g_stack_bytes;
+extern Schedule g_schedule;
 
 // The calling fiber's worker; throws when called outside an emulated kernel.
 Worker& worker();
 // "block (x,y,z)" of the block being run.
 std::string block_name();
+// "ldmatrix.x4 (spmm_kernel.cuh:153:7)": an instruction and its call site, for messages.
+std::string where(const char* name, CallSite site);
 // Counts one warp-level global request of `sectors` sectors.
 void add_gmem(Worker& wk, Op op, uint64_t sectors);
 // Counts the cp.async instructions warp `w` issued since its last synchronization point.
 void flush_async(Worker& wk, Warp& w);
+// Sizes the race detector's arrays for this launch's shared memory (keeping their tags).
+void prepare_race_detector(Worker& wk);
+// Starts a new barrier epoch (a released __syncthreads, or a new block).
+void next_epoch(Worker& wk);
 
 }  // namespace detail
 }  // namespace emu

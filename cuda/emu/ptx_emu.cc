@@ -136,10 +136,12 @@ void exec_ldmatrix(const WarpCall& call) {
   const unsigned char* rows[32];
   uint32_t words[32 * 4];
   int nwords = 0;
+  const uint16_t what = detail::access_id(call.name, call.site);
   for (int i = 0; i < 8 * num; ++i) {
     const auto& li = *static_cast<const LdmatrixLane*>(call.lane_data[i]);
     detail::check_smem(li.row, 16, 16, "ldmatrix", i);
     check_chunks(smem_offset(li.row), 16, "ldmatrix", i, call.warp);
+    detail::track_smem(smem_offset(li.row), 16, false, what, call.warp, i);
     rows[i] = static_cast<const unsigned char*>(li.row);
     nwords = append_words(words, nwords, smem_offset(li.row), 16);
   }
@@ -318,10 +320,12 @@ template <class T, bool kStore, Op kOp, const char* kName>
 void exec_smem(const WarpCall& call) {
   uint32_t words[32 * 4];
   int n = 0;
+  const uint16_t what = detail::access_id(call.name, call.site);
   for (int l = 0; l < 32; ++l) {
     const auto& sl = *static_cast<SmemLane<T>*>(call.lane_data[l]);
     detail::check_smem(sl.p, sizeof(T), sizeof(T), kName, l);
     check_chunks(smem_offset(sl.p), int(sizeof(T)), kName, l, call.warp);
+    detail::track_smem(smem_offset(sl.p), int(sizeof(T)), kStore, what, call.warp, l);
     n = append_words(words, n, smem_offset(sl.p), int(sizeof(T)));
   }
   count_bank_conflicts(kOp, words, n);
@@ -385,7 +389,10 @@ void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c
 // now: the kernel never writes its inputs) and zero-fills the rest, but the 16 bytes land in shared
 // memory only when a cp.async.wait_group retires their group. A kernel that reads the destination
 // before waiting therefore sees stale data (0xCD or the previous tile) and fails.
-void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
+//
+// Race detector: the copy is checked as a write when issued (against other warps' accesses earlier
+// in the epoch; later ones hit the in-flight check) and recorded as this warp's write when it lands.
+void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes, CallSite site) {
   const int lane = detail::lane_id();
   if (src_bytes < 0 || src_bytes > 16)
     detail::fail("cp.async: src_bytes " + std::to_string(src_bytes) + " is not in [0, 16]");
@@ -394,6 +401,8 @@ void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
     detail::fail("cp.async: global source address is not 16-byte aligned");
   detail::AsyncCopy copy;
   copy.dst = static_cast<unsigned char*>(smem_dst);
+  copy.what = detail::access_id("cp.async", site);
+  detail::track_smem(smem_offset(smem_dst), 16, true, copy.what, detail::warp_id(), lane);
   std::memset(copy.data, 0, sizeof copy.data);
   if (src_bytes > 0) {
     detail::check_global(gmem_src, size_t(src_bytes), "cp.async", lane);
@@ -417,8 +426,10 @@ void cp_async_wait(int n) {
   if (int(groups.size()) <= n) return;
   const size_t land = groups.size() - size_t(n);
   uint16_t* inflight = detail::inflight_chunks();
+  const int warp = detail::warp_id(), lane = detail::lane_id();
   for (size_t g = 0; g < land; ++g)
     for (const auto& c : groups[g]) {
+      detail::track_smem(smem_offset(c.dst), 16, true, c.what, warp, lane);
       std::memcpy(c.dst, c.data, 16);
       --inflight[smem_offset(c.dst) / 16];
       detail::mark_landed(smem_offset(c.dst) / 16);

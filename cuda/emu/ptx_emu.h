@@ -19,7 +19,7 @@ using detail::CallSite;
 void ldmatrix(uint32_t* regs, int num, bool trans, const void* smem_row, CallSite site);
 void mma_m16n8k16(float* d, const uint32_t* a, const uint32_t* b, const float* c, MmaType type,
                   CallSite site);
-void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes);
+void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes, CallSite site);
 void cp_async_commit();
 void cp_async_wait(int n);
 uint4 ldg_128(const void* gmem, CallSite site);
@@ -47,9 +47,10 @@ constexpr MmaType mma_type() {
 
 namespace ptx {
 
-// Every warp-collective wrapper takes its caller's source location as defaulted trailing arguments
-// (evaluated at the call site, invisible to device code), so the emulator can tell two call sites
-// of the same instruction apart and report lanes of one warp that reach different ones. (Columns
+// Every warp-collective wrapper (and cp_async_16) takes its caller's source location as defaulted
+// trailing arguments (evaluated at the call site, invisible to device code), so the emulator can
+// tell two call sites of the same instruction apart, report lanes of one warp that reach different
+// ones, and name both sides of a shared-memory race. (Columns
 // where the compiler has __builtin_COLUMN, g++ >= 13 and clang; two calls on one line are one site
 // otherwise.)
 #if defined(__has_builtin)
@@ -90,8 +91,8 @@ inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (
   emu::ptx_impl::mma_m16n8k16(d, a, b, c, emu::ptx_impl::mma_type<Tag>(), FLASHLLM_EMU_SITE);
 }
 
-inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes) {
-  emu::ptx_impl::cp_async_16(smem_dst, gmem_src, src_bytes);
+inline void cp_async_16(void* smem_dst, const void* gmem_src, int src_bytes, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::cp_async_16(smem_dst, gmem_src, src_bytes, FLASHLLM_EMU_SITE);
 }
 inline void cp_async_commit() { emu::ptx_impl::cp_async_commit(); }
 template <int N>

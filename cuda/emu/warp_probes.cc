@@ -325,6 +325,52 @@ __global__ void scenario_probe(int which, uint8_t* out) {
     case 13:  // one call site reached by every lane from a helper in a loop: legal
       for (int i = 0; i < 3; ++i) ptx::shfl_xor(float(i), 1 + i);
       break;
+    // ---- shared-memory races between warps 0 and 1 (64 threads), and legal sharing -------------
+    case 14:  // warp 1 stores into chunks warp 0 stored, no barrier: write-after-write race
+      if (t < 32) ptx::sts_128(smem + 16 * (lane % 16), make_uint4(1, 2, 3, 4));
+      else ptx::sts_16(smem + 2 * lane, uint16_t(lane));
+      break;
+    case 15:  // warp 1 loads what warp 0 stored, no barrier: read-after-write race
+      if (t < 32) ptx::sts_128(smem + 16 * (lane % 16), make_uint4(1, 2, 3, 4));
+      else ptx::lds_128(smem + 16 * (lane % 16));
+      break;
+    case 16:  // warp 1 overwrites rows warp 0 reads with ldmatrix, no barrier (write-after-read)
+      if (t < 32) ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
+      else ptx::sts_128(smem + 16 * (lane % 16), make_uint4(0, 0, 0, 0));
+      break;
+    case 17: {  // the same store / load with a barrier in between: legal, warp 1 sees warp 0's data
+      if (t < 32) ptx::sts_128(smem + 16 * (lane % 16), make_uint4(uint32_t(lane % 16), 7, 8, 9));
+      __syncthreads();
+      if (t >= 32) {
+        const uint4 v = ptx::lds_128(smem + 16 * (lane % 16));
+        out[lane] = uint8_t(v.x + v.y + v.z + v.w);
+      }
+      break;
+    }
+    case 18:  // warps 0 and 1 store the two halves of the same 4-byte words: legal (disjoint bytes)
+      ptx::sts_16(smem + 4 * lane + 2 * (t / 32), uint16_t(0x0101 * (t / 32 + 1)));
+      __syncthreads();
+      for (int i = t; i < 128; i += int(blockDim.x)) out[i] = smem[i];
+      break;
+    case 19:  // each warp stores, loads and re-stores its own half, no barrier: legal
+      ptx::sts_128(smem + 128 * (t / 32) + 16 * (lane % 8), make_uint4(1, 1, 1, 1));
+      ptx::lds_128(smem + 128 * (t / 32) + 16 * (lane % 8));
+      ptx::sts_16(smem + 128 * (t / 32) + 2 * lane, uint16_t(5));
+      break;
+    case 20:  // warp 1 issues a cp.async into rows warp 0 just read, no barrier (write-after-read)
+      if (t < 32) {
+        ptx::lds_128(smem + 16 * (lane % 16));
+      } else {
+        ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
+        ptx::cp_async_commit();
+        ptx::cp_async_wait<0>();
+      }
+      break;
+    case 21:  // both warps read the same rows, barrier, then warp 1 overwrites them: legal
+      ptx::ldmatrix_x4(r, smem + 16 * (lane % 16));
+      __syncthreads();
+      if (t >= 32) ptx::sts_128(smem + 16 * (lane % 16), make_uint4(0, 0, 0, 0));
+      break;
     case 9:  // the same, correctly awaited: legal
       ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
       ptx::cp_async_commit();
@@ -342,7 +388,11 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
                                        "early_exit_barrier",  "cp_async_out_of_bounds",
                                        "ldmatrix_reads_inflight", "ldmatrix_after_wait",
                                        "missing_barrier_after_wait", "static_shared",
-                                       "two_call_sites",      "one_call_site_in_loop"};
+                                       "two_call_sites",      "one_call_site_in_loop",
+                                       "race_write_write",    "race_read_after_write",
+                                       "race_write_after_read", "barrier_orders_sharing",
+                                       "halves_of_one_word",  "same_warp_reuse",
+                                       "race_cp_async_after_read", "readers_barrier_writer"};
   int which = -1;
   for (int i = 0; i < int(sizeof kNames / sizeof kNames[0]); ++i)
     if (name == kNames[i]) which = i;
@@ -352,6 +402,35 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
   ranges.add(out.data(), out.size());
   launch(scenario_probe, dim3(1), dim3(unsigned(threads)), 256, which, out.data());
   return to_numpy(std::move(out), {256});
+}
+
+// ---- schedules ---------------------------------------------------------------------------------
+// `warps` warps; in each of two barrier epochs every warp runs `rounds` shuffles, and after each
+// its lane 0 appends the warp index to a log in shared memory (plain accesses: they are ordered by
+// the emulator's schedule only, which is what this probe shows).
+__global__ void schedule_probe(int rounds, int32_t* out) {
+  FLASHLLM_DYNAMIC_SMEM(smem);
+  auto* count = reinterpret_cast<int32_t*>(smem);
+  int32_t* log = count + 1;
+  const int t = int(threadIdx.x), lane = t % 32;
+  if (t == 0) *count = 0;
+  __syncthreads();
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    for (int r = 0; r < rounds; ++r) {
+      ptx::shfl_xor(0.0f, 1);
+      if (lane == 0) log[(*count)++] = t / 32;
+    }
+    __syncthreads();
+  }
+  for (int i = t; i < *count; i += int(blockDim.x)) out[i] = log[i];
+}
+
+nb::ndarray<nb::numpy, int32_t> schedule_log(int warps, int rounds) {
+  const size_t n = size_t(2 * warps * rounds);
+  std::vector<int32_t> out(n, -1);
+  launch(schedule_probe, dim3(1), dim3(unsigned(32 * warps)), (n + 1) * sizeof(int32_t), rounds,
+         out.data());
+  return to_numpy(std::move(out), {2, size_t(rounds) * size_t(warps)});
 }
 
 // ---- throughput probe (benchmarks only) -------------------------------------------------------
@@ -409,6 +488,9 @@ void bind_warp_probes(nb::module_& m) {
         nb::arg("rounds"), "Barrier exchange pattern over `blocks` blocks of shape `block`.");
   m.def("launch_ids", &launch_ids, nb::arg("grid"), nb::arg("block"), nb::arg("smem_bytes") = 0,
         "(blockIdx, threadIdx) of every thread, (blocks * threads, 6) uint32, via FLASHLLM_LAUNCH.");
+  m.def("schedule_log", &schedule_log, nb::arg("warps"), nb::arg("rounds"),
+        "Order in which warps pass `rounds` shuffles in two barrier epochs under the current "
+        "schedule: (2, warps * rounds) int32 warp indices.");
   m.def("spin", &spin, nb::arg("blocks"), nb::arg("iters"),
         "Throughput probe: blocks x 128 threads, iters x (ldmatrix.x4 + 2 mma + barrier).");
   m.def("scenario", &scenario, nb::arg("name"), nb::arg("threads") = 32,
