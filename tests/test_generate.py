@@ -72,12 +72,14 @@ def test_eos_fills_pad_and_none_never_stops():
     model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
     ids = np.array([[5, 6, 7], [8, 9, 10]])
     free = np.asarray(generate(model, ids, max_new_tokens=6, eos_token_id=None))
-    eos = int(free[0, 1])  # pretend the second token of row 0 is EOS
+    eos = int(free[0, 0])  # pretend row 0's first token is EOS
     out = np.asarray(generate(model, ids, max_new_tokens=6, eos_token_id=eos))
-    np.testing.assert_array_equal(out[0, :2], free[0, :2])
-    assert (out[0, 2:] == model.config.pad_token_id).all()
-    first = int(np.argmax(free[1] == eos)) if (free[1] == eos).any() else 6
-    np.testing.assert_array_equal(out[1, :first + 1], free[1, :first + 1])
+    pad = model.config.pad_token_id
+    for row in range(2):
+        hits = np.flatnonzero(free[row] == eos)
+        stop = hits[0] + 1 if hits.size else 6  # tokens up to and including EOS, then padding
+        np.testing.assert_array_equal(out[row, :stop], free[row, :stop])
+        assert (out[row, stop:] == pad).all()
     np.testing.assert_array_equal(free, np.asarray(generate(model, ids, max_new_tokens=6, eos_token_id=-1)))
 
 
@@ -163,7 +165,7 @@ def test_example_runs_and_sparse_equals_dense(capsys):
 def test_example_with_checkpoint_and_tokenizer(tmp_path, capsys):
     tokenizers = pytest.importorskip("tokenizers")
     # A word-level tokenizer over the fixture's 96 ids: "</s>" is id 2 (OPT's BOS/EOS), words are "w<id>".
-    vocab = {f"w{i}": i for i in range(96)}
+    vocab = {f"w{i}": i for i in range(3, 96)}
     vocab.update({"<pad>": 1, "</s>": 2, "<unk>": 0})
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()

@@ -65,6 +65,7 @@ class OPTConfig:
     layer_norm_elementwise_affine: bool = True
     activation_function: str = "relu"
     layer_norm_eps: float = 1e-5
+    init_std: float = 0.02
     pad_token_id: int = 1
     bos_token_id: int = 2
     eos_token_id: int = 2
@@ -177,6 +178,18 @@ def _layer_norm(cfg: OPTConfig, dim: int, dtype, rngs: nnx.Rngs) -> nnx.LayerNor
                          use_scale=affine, use_fast_variance=False, rngs=rngs)
 
 
+def _linear(cfg: OPTConfig, din: int, dout: int, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    # OPT's own random init (normal, init_std) rather than nnx's lecun normal: random-weight models then
+    # behave like OPT's (nnx's default embedding init gives rows of very different norms, and the longest
+    # row wins every greedy step).
+    return nnx.Linear(din, dout, use_bias=bias, param_dtype=dtype, rngs=rngs,
+                      kernel_init=nnx.initializers.normal(cfg.init_std))
+
+
+def _embed(cfg: OPTConfig, rows: int, dim: int, dtype, rngs: nnx.Rngs) -> nnx.Embed:
+    return nnx.Embed(rows, dim, param_dtype=dtype, rngs=rngs, embedding_init=nnx.initializers.normal(cfg.init_std))
+
+
 def _norm(ln: nnx.LayerNorm, x: jax.Array) -> jax.Array:
     """LayerNorm computed in float32 whatever the activation dtype (fp16 overflows in the variance)."""
     return ln(x.astype(jnp.float32)).astype(x.dtype)
@@ -186,7 +199,7 @@ class OPTAttention(nnx.Module):
     def __init__(self, cfg: OPTConfig, dtype, rngs: nnx.Rngs):
         m, bias = cfg.hidden_size, cfg.enable_bias
         def linear():
-            return nnx.Linear(m, m, use_bias=bias, param_dtype=dtype, rngs=rngs)
+            return _linear(cfg, m, m, bias, dtype, rngs)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = linear(), linear(), linear(), linear()
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
 
@@ -220,8 +233,8 @@ class OPTDecoderLayer(nnx.Module):
         self.act = _ACTIVATIONS[cfg.activation_function]
         self.self_attn = OPTAttention(cfg, dtype, rngs)
         self.self_attn_layer_norm = _layer_norm(cfg, m, dtype, rngs)
-        self.fc1 = nnx.Linear(m, cfg.ffn_dim, use_bias=cfg.enable_bias, param_dtype=dtype, rngs=rngs)
-        self.fc2 = nnx.Linear(cfg.ffn_dim, m, use_bias=cfg.enable_bias, param_dtype=dtype, rngs=rngs)
+        self.fc1 = _linear(cfg, m, cfg.ffn_dim, cfg.enable_bias, dtype, rngs)
+        self.fc2 = _linear(cfg, cfg.ffn_dim, m, cfg.enable_bias, dtype, rngs)
         self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs)
 
     def __call__(self, x, mask, kv=None, index=None):
@@ -245,12 +258,11 @@ class OPTForCausalLM(nnx.Module):
         cfg = self.config = config
         self.dtype = jnp.dtype(dtype)
         dw, m = cfg.word_embed_proj_dim, cfg.hidden_size
-        self.embed_tokens = nnx.Embed(cfg.vocab_size, dw, param_dtype=dtype, rngs=rngs)
-        self.embed_positions = nnx.Embed(cfg.max_position_embeddings + POSITION_OFFSET, m,
-                                         param_dtype=dtype, rngs=rngs)
+        self.embed_tokens = _embed(cfg, cfg.vocab_size, dw, dtype, rngs)
+        self.embed_positions = _embed(cfg, cfg.max_position_embeddings + POSITION_OFFSET, m, dtype, rngs)
         if cfg.has_projections:
-            self.project_in = nnx.Linear(dw, m, use_bias=False, param_dtype=dtype, rngs=rngs)
-            self.project_out = nnx.Linear(m, dw, use_bias=False, param_dtype=dtype, rngs=rngs)
+            self.project_in = _linear(cfg, dw, m, False, dtype, rngs)
+            self.project_out = _linear(cfg, m, dw, False, dtype, rngs)
         else:
             self.project_in = self.project_out = None
         self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs) if cfg.has_final_layer_norm else None
