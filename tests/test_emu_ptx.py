@@ -296,8 +296,9 @@ def test_unswizzled_tile_ldmatrix_conflicts_8_way():
 
 
 def test_whole_request_bank_model():
-    """16 rows 32 bytes apart (ldmatrix.x2): 256 contiguous bytes, 2 wavefronts, no conflict — as
-    Nsight Compute reports it; a per-8-address-phase model would count 4."""
+    """16 rows 32 bytes apart (ldmatrix.x2): 256 contiguous bytes, 2 wavefronts, no conflict — the
+    whole-request model, as a third-party Nsight Compute measurement reports it (not reproduced
+    here: re-check on the first GPU, docs/emulation.md); a per-8-address-phase model would count 4."""
     mem = np.zeros(4096, np.uint8)
     offsets = np.where(LANES < 16, (LANES % 8) * 32 + (LANES // 8) * 16, 0).astype(np.int64)
     _, stats = emu.warp_ldmatrix(mem, offsets, 2, False)

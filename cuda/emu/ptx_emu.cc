@@ -47,10 +47,12 @@ uintptr_t smem_offset(const void* p) {
 // warp request needs max over banks of (distinct words in that bank) wavefronts, and at least
 // ceil(distinct words / 32). Conflicts = wavefronts - that minimum.
 //
-// The whole warp request is analysed at once, also for ldmatrix: Nsight Compute reports a
-// conflict-free 2-wavefront ldmatrix.x2 for 16 rows 32 bytes apart (rows 0 and 4 of each 8-row
-// matrix share banks), which a strict per-8-address-phase model would count as 2 extra wavefronts.
-// For 128-byte rows (the kernel's tiles) both models agree.
+// The whole warp request is analysed at once, also for ldmatrix and 16-byte accesses. This is an
+// unverified modelling choice (docs/emulation.md): a third-party Nsight Compute measurement reports
+// a conflict-free 2-wavefront ldmatrix.x2 for 16 rows 32 bytes apart (rows 0 and 4 of each 8-row
+// matrix share banks), which a strict per-8-address-phase model would count as 2 extra wavefronts;
+// not reproduced here, so re-check on the first GPU. For 128-byte swizzled rows (the kernel's
+// tiles) both models agree.
 void count_bank_conflicts(Op op, const uint32_t* words, int n) {
   uint32_t seen[32][32 * 4];  // distinct words per bank (a request touches at most 128 words)
   int per_bank[32] = {};
