@@ -11,6 +11,8 @@ SparseMatrix (sparsify), then generate greedily with three copies of the same pr
   dense bf16  nnx.Linear in bfloat16, the same rounding as the sparse kernel (the equality check);
   sparse      SparseLinear, jax_flashllm's kernel.
 Sparse and dense bf16 must produce the same tokens. Decode tokens/s excludes the prompt (prefill).
+The embeddings and the tied LM head (--embed-dtype, bfloat16 by default) are the same in all three rows, so
+the rows differ only in how the Linear layers are stored and multiplied.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--method", default="magnitude", choices=["magnitude", "magnitude_row", "random"])
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--embed-dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                    help="token/position embeddings and the tied LM head, the same in every row")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
 
@@ -115,6 +119,7 @@ def main(argv=None) -> int:
         cfg = OPTConfig.tiny() if args.size == "tiny" else OPTConfig.from_name(args.size)
         model = OPTForCausalLM(cfg, rngs=nnx.Rngs(args.seed))
     cfg = model.config
+    model.cast_embeddings(args.embed_dtype)
     ids, mask = make_prompts(args, tokenizer, cfg)
 
     t = time.perf_counter()

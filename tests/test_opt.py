@@ -109,3 +109,16 @@ def test_half_precision_forward_is_close():
     a, b = np.asarray(model32(ids)), np.asarray(model16(ids))
     assert b.dtype == np.float32
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+def test_cast_embeddings_keeps_activations_and_halves_the_head():
+    model = load_pretrained(os.path.join(DATA, "opt_tiny_postln"), dtype=jnp.float32)
+    ids = jnp.array([[3, 50, 7, 8]])
+    before = np.asarray(model(ids))
+    model.cast_embeddings(jnp.bfloat16)
+    assert model.embed_tokens.embedding[...].dtype == jnp.bfloat16
+    assert model.embed_positions.embedding[...].dtype == jnp.bfloat16
+    assert model.hidden_states(ids).dtype == jnp.float32
+    after = np.asarray(model(ids))
+    assert after.dtype == np.float32
+    assert np.abs(after - before).max() < 0.05 * np.abs(before).max()

@@ -297,6 +297,16 @@ class OPTForCausalLM(nnx.Module):
             x = self.project_out(x)
         return x
 
+    def cast_embeddings(self, dtype) -> None:
+        """Store the token and position embeddings, and so the tied LM head, in ``dtype`` (in place).
+
+        After ``sparsify`` the LM head (vocab x word_embed_proj_dim) is the largest dense matrix left and
+        decode reads all of it every token; bfloat16 halves that. Activations keep the model dtype; the head
+        multiplies in ``dtype`` with float32 accumulation.
+        """
+        for embed in (self.embed_tokens, self.embed_positions):
+            embed.embedding = nnx.Param(embed.embedding[...].astype(dtype))
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Tied LM head. h: (B, T, word_embed_proj_dim) -> logits (B, T, vocab_size) float32."""
         table = self.embed_tokens.embedding[...]
