@@ -7,7 +7,7 @@ PIP    := $(PY) -m pip
 # then the runtime and test dependencies.
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja
 RUN_DEPS   := "jax>=0.10" "jaxlib>=0.10" numpy ml_dtypes "flax>=0.11" "safetensors>=0.4" tqdm
-TEST_DEPS  := pytest hypothesis matplotlib
+TEST_DEPS  := pytest hypothesis matplotlib tokenizers
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
 .PHONY: demo test install gpu-check bench bench-quick clean
