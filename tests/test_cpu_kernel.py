@@ -45,12 +45,13 @@ def test_every_n(isa, n):
     assert_close_to_reference(_run(x, jf.SparseMatrix.from_dense(w)), x, w)
 
 
+@pytest.mark.parametrize("n", [1, 11])  # 1: the dense-tile GEMV path; 11: runs
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99])
-def test_sparsities_and_dtypes(isa, dtype, sparsity):
-    rng = np.random.default_rng(int(sparsity * 100))
+def test_sparsities_and_dtypes(isa, dtype, sparsity, n):
+    rng = np.random.default_rng(int(sparsity * 100) + n)
     w = random_sparse(rng, (300, 333), sparsity, dtype)  # 0.0: dense tiles, runs > the decode block
-    x = rng.standard_normal((11, 333)).astype(dtype)
+    x = rng.standard_normal((n, 333)).astype(dtype)
     assert_close_to_reference(_run(x, jf.SparseMatrix.from_dense(w)), x, w)
 
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/numeric.h"
 #include "cpu/staged.h"
@@ -27,7 +28,7 @@ namespace {
 
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
-  if (width == 1) tile_task<ScalarVec, 1, D>(s, mt, chunk);
+  if (width == 1) tile_task_gemv<Vec8, D>(s, mt, chunk);
   else if (width == 4) tile_task<Vec4, 1, D>(s, mt, chunk);
   else tile_task_width<Vec8, D>(s, mt, chunk, width);
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/numeric.h"
 #include "cpu/staged.h"
@@ -32,13 +33,19 @@ struct Vec16 {
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  template <Dtype D>
+  static T load_half(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    if constexpr (D == Dtype::kBFloat16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    else return _mm512_cvtph_ps(h);
+  }
 };
 
 #include "cpu/tile_kernel.inc"
 
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
-  if (width == 1) tile_task<ScalarVec, 1, D>(s, mt, chunk);
+  if (width == 1) tile_task_gemv<Vec16, D>(s, mt, chunk);
   else if (width == 4) tile_task<Vec4, 1, D>(s, mt, chunk);
   else if (width == 8) tile_task<Vec8, 1, D>(s, mt, chunk);
   else tile_task_width<Vec16, D>(s, mt, chunk, width);

@@ -14,7 +14,6 @@ namespace {
 void halves_to_floats(const uint16_t* h, float* f, int n) {
   for (int i = 0; i < n; ++i) f[i] = f16_to_float(h[i]);
 }
-inline float fmadd_scalar(float a, float b, float c) { return a * b + c; }
 
 struct Vec4 {
   using T = float __attribute__((vector_size(16)));
@@ -29,13 +28,19 @@ struct Vec4 {
   static void store(float* p, T v) { std::memcpy(p, &v, sizeof(v)); }
   static T add(T a, T b) { return a + b; }
   static T fma(T a, T b, T c) { return a * b + c; }
+  template <Dtype D>
+  static T load_half(const uint16_t* p) {
+    T v;
+    for (int i = 0; i < kWidth; ++i) v[i] = D == Dtype::kBFloat16 ? bf16_to_float(p[i]) : f16_to_float(p[i]);
+    return v;
+  }
 };
 
 #include "cpu/tile_kernel.inc"
 
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
-  if (width == 1) tile_task<ScalarVec, 1, D>(s, mt, chunk);
+  if (width == 1) tile_task_gemv<Vec4, D>(s, mt, chunk);
   else tile_task_width<Vec4, D>(s, mt, chunk, width);
 }
 

@@ -145,8 +145,13 @@ void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) 
   const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk};
   const int64_t tiles_m = ceil_div(p.m, kTileM);
   const int64_t chunks = ceil_div(p.n, max_chunk);
+  // A helper only pays off with enough work to amortize waking it (and, on a loaded machine, waiting
+  // for it to be scheduled): decode-sized layers (N = 1, < ~0.15 M entries) run on the calling thread.
+  constexpr int64_t kWorkPerHelper = 150000;  // ~0.1 ms of kernel time, in entry-passes
+  const int64_t work = std::max<int64_t>(p.num_entries, 1) * chunks;
+  const int64_t workers = std::clamp<int64_t>(work / kWorkPerHelper, 1, std::max<int64_t>(num_workers, 1));
   // Chunks of one tile row are adjacent task ids, so a worker re-reads that row's entries from cache.
-  parallel_for(tiles_m * chunks, num_workers, schedule,
+  parallel_for(tiles_m * chunks, workers, schedule,
                [&](int64_t task) { ops.run_task(s, task / chunks, task % chunks); });
 }
 
