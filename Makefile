@@ -20,8 +20,9 @@ test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-$(VENV)/.deps:
-	$(PYTHON) -m venv $(VENV)
+# Re-run when the dependency lists change (cheap when everything is already installed).
+$(VENV)/.deps: Makefile pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(BUILD_DEPS) $(RUN_DEPS) $(TEST_DEPS)
 	touch $@
