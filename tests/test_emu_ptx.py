@@ -316,6 +316,13 @@ def test_whole_request_bank_model():
         ("sts_128", LANES * 128, 32, 28),
         ("lds_128", LANES * 16, 4, 0),
         ("lds_128", _constants.swizzle(LANES % 8, 0) * 2 + (LANES // 8) * 1024, 4, 0),
+        ("sts_32", LANES * 4, 1, 0),                                     # 128 contiguous bytes
+        ("sts_32", (2 * TIG * 132 + GROUP) * 4, 1, 0),                   # epilogue: padded C rows
+        ("sts_32", (2 * TIG * 128 + GROUP) * 4, 4, 3),                   # the same rows unpadded
+        ("lds_32", LANES * 4, 1, 0),
+        ("lds_32", (LANES // 2) * 4, 1, 0),                              # lane pairs: one word
+        ("lds_32", LANES * 128, 32, 31),                                 # a column of 128-byte rows
+        ("lds_32", (LANES % 8) * 4 + (LANES // 8) * 132 * 4, 2, 1),      # 8 words of 4 rows 4 banks apart
     ],
 )
 def test_shared_store_load_counts(op, offsets, wavefronts, conflicts):
@@ -332,12 +339,40 @@ def test_shared_store_load_counts(op, offsets, wavefronts, conflicts):
     if op == "sts_16":
         for lane in range(32):  # lane order decides between lanes writing one address
             expect[offsets[lane]:offsets[lane] + 2] = values[lane, :1].astype(np.uint16).view(np.uint8)
-    elif op == "sts_128":
+    elif op.startswith("sts_"):  # sts_128 / sts_32: the first 16 / 4 bytes of the lane's values
+        size = int(op[4:]) // 8
         for lane in range(32):
-            expect[offsets[lane]:offsets[lane] + 16] = values[lane].view(np.uint8)
+            expect[offsets[lane]:offsets[lane] + size] = values[lane].view(np.uint8)[:size]
     else:
-        np.testing.assert_array_equal(loaded, np.stack([init[o:o + 16].view(np.uint32) for o in offsets]))
+        words = int(op[4:]) // 32
+        np.testing.assert_array_equal(loaded[:, :words],
+                                      np.stack([init[o:o + 4 * words].view(np.uint32) for o in offsets]))
+        assert not loaded[:, words:].any()
     np.testing.assert_array_equal(after, expect)
+
+
+def test_f32_store_load_keep_the_bits():
+    """sts_32 / lds_32 move a float's 32 bits unchanged: NaN payloads (quiet and signalling), -0,
+    subnormals and infinities survive a round trip through shared memory."""
+    special = np.array([0x7fa00001, 0xffc12345, 0x7fc00000, 0x80000000, 0x00000001, 0x807fffff,
+                        0x7f800000, 0xff800000], np.uint32)
+    bits = np.resize(special, 32) ^ np.where(LANES < 8, 0, LANES << 4).astype(np.uint32)
+    values = np.zeros((32, 4), np.uint32)
+    values[:, 0] = bits
+    offsets = (LANES * 4).astype(np.int64)
+    after, _, _ = emu.warp_smem("sts_32", np.zeros(128, np.uint8), offsets, values)
+    np.testing.assert_array_equal(after.view(np.uint32), bits)
+    _, loaded, _ = emu.warp_smem("lds_32", bits.view(np.uint8), offsets, values * 0)
+    np.testing.assert_array_equal(loaded[:, 0], bits)
+
+
+@pytest.mark.parametrize("op", ["sts_32", "lds_32"])
+def test_f32_alignment_and_range_errors(op):
+    values = np.zeros((32, 4), np.uint32)
+    with pytest.raises(RuntimeError, match=f"{op}: lane 0's shared-memory offset 2 is not 4-byte aligned"):
+        emu.warp_smem(op, np.zeros(256, np.uint8), (LANES * 4 + 2).astype(np.int64), values)
+    with pytest.raises(RuntimeError, match=f"{op}: lane 31's address .* outside the block's 128 bytes"):
+        emu.warp_smem(op, np.zeros(128, np.uint8), (LANES * 4 + 4).astype(np.int64), values)
 
 
 # ---- shuffles -------------------------------------------------------------------------------------
@@ -500,6 +535,10 @@ _RACE = r"warp 1.*shared-memory data race: {this} \(warp_probes.cc:\d+:\d+\) \(l
                                                that="ldmatrix.x4")),
         ("race_cp_async_after_read", _RACE.format(this="cp.async", verb="writes", past="read",
                                                   that="lds_128")),
+        # The kernel epilogue's fp32 C tile without its barrier, both ways round.
+        ("race_f32_read_after_write", _RACE.format(this="lds_32", verb="reads", past="wrote", that="sts_32")),
+        ("race_f32_write_after_read", _RACE.format(this="sts_32", verb="writes", past="read",
+                                                   that="lds_32")),
     ],
 )
 def test_shared_memory_races_between_warps_are_reported(schedule, name, match):
@@ -517,6 +556,8 @@ def test_ordered_or_disjoint_sharing_is_not_a_race(schedule):
     np.testing.assert_array_equal(out[:128].reshape(32, 4), np.tile([1, 1, 2, 2], (32, 1)))
     emu.scenario("same_warp_reuse", 64)
     emu.scenario("readers_barrier_writer", 64)
+    out = emu.scenario("barrier_orders_f32", 64)  # warp 1 reads warp 0's floats 0.5 * lane, times 4
+    np.testing.assert_array_equal(out[:32], 2 * np.arange(32))
 
 
 def test_kernel_result_does_not_depend_on_schedule():

@@ -29,7 +29,7 @@ NB_MODULE(_flashllm_emu, m) {
         "Counters accumulated since reset_stats(): smem_wavefronts, smem_requests, "
         "smem_bank_conflicts, gmem_requests, gmem_sectors.");
   m.def("op_stats", [] { return emu::py::op_stats_dict(emu::op_stats()); },
-        "The same counters per instruction (ldmatrix, sts_16, sts_128, lds_128, ldg_128, ldg_32, "
+        "The same counters per instruction (ldmatrix, sts_16/32/128, lds_32/128, ldg_128, ldg_32, "
         "cp.async): {op: {requests, wavefronts, bank_conflicts, sectors}} for the ops that ran.");
   m.def("set_num_workers", &emu::set_num_workers, nb::arg("n"),
         "Host threads that run blocks in parallel (results do not depend on it).");

@@ -129,9 +129,11 @@ struct Stats {
 };
 
 // The same counters broken down by instruction, for finding where conflicts come from.
-enum class Op : int { kLdmatrix, kSts16, kSts128, kLds128, kLdg128, kLdg32, kCpAsync, kCount };
+enum class Op : int {
+  kLdmatrix, kSts16, kSts32, kSts128, kLds32, kLds128, kLdg128, kLdg32, kCpAsync, kCount
+};
 struct OpStats {
-  const char* op;  // "ldmatrix", "sts_16", "sts_128", "lds_128", "ldg_128", "ldg_32", "cp.async"
+  const char* op;  // "ldmatrix", "sts_16", "sts_32", "sts_128", "lds_32", "lds_128", "ldg_128", ...
   uint64_t requests = 0;
   uint64_t wavefronts = 0;      // shared-memory instructions
   uint64_t bank_conflicts = 0;  // shared-memory instructions
@@ -251,7 +253,7 @@ void note_async_read(const void* src, int bytes);
 // another warp wrote the halfword in the current epoch (read-after-write, write-after-write), or,
 // for a write, another warp read it in the current epoch (write-after-read): with no barrier in
 // between, the GPU gives no order between the two warps. Every counted access checks this:
-// ldmatrix, lds_128 (reads), sts_16, sts_128 and cp.async (writes; a cp.async is checked when it
+// ldmatrix, lds_32, lds_128 (reads), sts_16, sts_32, sts_128 and cp.async (writes; a cp.async is checked when it
 // is issued and recorded when its wait_group lands it). Plain C++ accesses are not tracked.
 // `what` identifies the instruction and call site for messages (see access_id).
 void track_smem(uintptr_t offset, int bytes, bool write, uint16_t what, int warp, int lane);

@@ -29,6 +29,8 @@ enum Kind : int {
   kSts128,
   kLds128,
   kShflXor,
+  kSts32,
+  kLds32,
 };
 
 uint16_t load_u16(const unsigned char* p) {
@@ -342,6 +344,8 @@ void exec_smem(const WarpCall& call) {
 }
 
 constexpr char kSts16Name[] = "sts_16";
+constexpr char kSts32Name[] = "sts_32";
+constexpr char kLds32Name[] = "lds_32";
 constexpr char kSts128Name[] = "sts_128";
 constexpr char kLds128Name[] = "lds_128";
 
@@ -454,6 +458,18 @@ uint32_t ldg_32(const void* gmem, CallSite site) {
 void sts_16(void* smem, uint16_t v, CallSite site) {
   SmemLane<uint16_t> lane{smem, v};
   detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, Op::kSts16, kSts16Name>, &lane, site);
+}
+
+// 32-bit float accesses (the kernel epilogue's fp32 C tile): 4-byte aligned, bits moved unchanged.
+void sts_32(void* smem, float v, CallSite site) {
+  SmemLane<float> lane{smem, v};
+  detail::warp_collective(kSts32, kSts32Name, &exec_smem<float, true, Op::kSts32, kSts32Name>, &lane, site);
+}
+
+float lds_32(const void* smem, CallSite site) {
+  SmemLane<float> lane{const_cast<void*>(smem), 0.0f};
+  detail::warp_collective(kLds32, kLds32Name, &exec_smem<float, false, Op::kLds32, kLds32Name>, &lane, site);
+  return lane.v;
 }
 
 void sts_128(void* smem, uint4 v, CallSite site) {

@@ -25,7 +25,9 @@ void cp_async_wait(int n);
 uint4 ldg_128(const void* gmem, CallSite site);
 uint32_t ldg_32(const void* gmem, CallSite site);
 void sts_16(void* smem, uint16_t v, CallSite site);
+void sts_32(void* smem, float v, CallSite site);
 void sts_128(void* smem, uint4 v, CallSite site);
+float lds_32(const void* smem, CallSite site);
 uint4 lds_128(const void* smem, CallSite site);
 float shfl_xor(float v, int lane_mask, CallSite site);
 
@@ -110,8 +112,14 @@ inline uint32_t ldg_32(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
 inline void sts_16(void* smem, uint16_t v, FLASHLLM_EMU_SITE_ARGS) {
   emu::ptx_impl::sts_16(smem, v, FLASHLLM_EMU_SITE);
 }
+inline void sts_32(void* smem, float v, FLASHLLM_EMU_SITE_ARGS) {
+  emu::ptx_impl::sts_32(smem, v, FLASHLLM_EMU_SITE);
+}
 inline void sts_128(void* smem, uint4 v, FLASHLLM_EMU_SITE_ARGS) {
   emu::ptx_impl::sts_128(smem, v, FLASHLLM_EMU_SITE);
+}
+inline float lds_32(const void* smem, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::lds_32(smem, FLASHLLM_EMU_SITE);
 }
 inline uint4 lds_128(const void* smem, FLASHLLM_EMU_SITE_ARGS) {
   return emu::ptx_impl::lds_128(smem, FLASHLLM_EMU_SITE);

@@ -95,7 +95,8 @@ nb::ndarray<nb::numpy, float> warp_mma(In2<uint32_t> a, In2<uint32_t> b, In2<flo
 }
 
 // ---- counted shared loads / stores -------------------------------------------------------------
-// op 0: sts_16 (value = low 16 bits of values[lane][0]), 1: sts_128, 2: lds_128.
+// op 0: sts_16 (value = low 16 bits of values[lane][0]), 1: sts_128, 2: lds_128, 3: sts_32 (the
+// bits of values[lane][0] as a float), 4: lds_32 (its bits in loaded[lane][0]).
 __global__ void smem_probe(const uint8_t* init, int bytes, const int64_t* offsets, int op,
                            const uint32_t* values, uint8_t* smem_out, uint32_t* loaded) {
   FLASHLLM_DYNAMIC_SMEM(smem);
@@ -110,14 +111,21 @@ __global__ void smem_probe(const uint8_t* init, int bytes, const int64_t* offset
     loaded[lane * 4 + 0] = r.x, loaded[lane * 4 + 1] = r.y;
     loaded[lane * 4 + 2] = r.z, loaded[lane * 4 + 3] = r.w;
   }
+  float f;
+  std::memcpy(&f, v, 4);
+  if (op == 3) ptx::sts_32(p, f);
+  if (op == 4) f = ptx::lds_32(p), std::memcpy(loaded + lane * 4, &f, 4);
   __syncthreads();
   for (int i = lane; i < bytes; i += 32) smem_out[i] = smem[i];
 }
 
 nb::tuple warp_smem(const std::string& op, In1<uint8_t> smem, In1<int64_t> offsets,
                     In2<uint32_t> values) {
-  const int code = op == "sts_16" ? 0 : op == "sts_128" ? 1 : op == "lds_128" ? 2 : -1;
-  if (code < 0) throw std::invalid_argument("op must be sts_16, sts_128 or lds_128");
+  static const char* const kOps[] = {"sts_16", "sts_128", "lds_128", "sts_32", "lds_32"};
+  int code = -1;
+  for (int i = 0; i < 5; ++i) code = op == kOps[i] ? i : code;
+  if (code < 0)
+    throw std::invalid_argument("op must be sts_16, sts_32, sts_128, lds_32 or lds_128");
   if (offsets.shape(0) != 32 || values.shape(0) != 32 || values.shape(1) != 4)
     throw std::invalid_argument("need 32 offsets and values of shape (32, 4)");
   const size_t bytes = smem.shape(0);
@@ -371,6 +379,16 @@ __global__ void scenario_probe(int which, uint8_t* out) {
       __syncthreads();
       if (t >= 32) ptx::sts_128(smem + 16 * (lane % 16), make_uint4(0, 0, 0, 0));
       break;
+    case 22:  // the kernel epilogue without its barrier: warp 1 loads floats warp 0 stored (RAW)
+    case 24:  // ... and with it: legal, warp 1 sees warp 0's floats
+      if (t < 32) ptx::sts_32(smem + 4 * lane, 0.5f * float(lane));
+      if (which == 24) __syncthreads();
+      if (t >= 32) out[lane] = uint8_t(4.0f * ptx::lds_32(smem + 4 * lane));
+      break;
+    case 23:  // warp 1 stores floats over words warp 0 loads, no barrier (write-after-read)
+      if (t < 32) ptx::lds_32(smem + 4 * lane);
+      else ptx::sts_32(smem + 4 * lane, 1.0f);
+      break;
     case 9:  // the same, correctly awaited: legal
       ptx::cp_async_16(smem + 16 * (lane % 16), out, 16);
       ptx::cp_async_commit();
@@ -392,7 +410,9 @@ nb::ndarray<nb::numpy, uint8_t> scenario(const std::string& name, int threads) {
                                        "race_write_write",    "race_read_after_write",
                                        "race_write_after_read", "barrier_orders_sharing",
                                        "halves_of_one_word",  "same_warp_reuse",
-                                       "race_cp_async_after_read", "readers_barrier_writer"};
+                                       "race_cp_async_after_read", "readers_barrier_writer",
+                                       "race_f32_read_after_write", "race_f32_write_after_read",
+                                       "barrier_orders_f32"};
   int which = -1;
   for (int i = 0; i < int(sizeof kNames / sizeof kNames[0]); ++i)
     if (name == kNames[i]) which = i;
@@ -473,7 +493,7 @@ void bind_warp_probes(nb::module_& m) {
         "One warp: mma.m16n8k16 with per-lane fragments a (32, 4) uint32, b (32, 2) uint32, "
         "c (32, 4) float32; dtype 'float16' | 'bfloat16'. Returns d (32, 4) float32.");
   m.def("warp_smem", &warp_smem, nb::arg("op"), nb::arg("smem"), nb::arg("offsets"), nb::arg("values"),
-        "One warp: op in sts_16 | sts_128 | lds_128 at smem + offsets[l] with values (32, 4) uint32. "
+        "One warp: op in sts_16 | sts_32 | sts_128 | lds_32 | lds_128 at smem + offsets[l] with values (32, 4) uint32. "
         "Returns (shared memory after (S,) uint8, loaded (32, 4) uint32, stats).");
   m.def("warp_ldg", &warp_ldg, nb::arg("op"), nb::arg("gmem"), nb::arg("offsets"),
         nb::arg("check_bounds") = true,

@@ -124,6 +124,18 @@ __device__ __forceinline__ void sts_16(void* smem, uint16_t v) {
   asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(smem_addr(smem)), "h"(v));
 }
 
+// 32-bit float accesses for the epilogue's fp32 C tile (accumulators in, rows of y out). volatile
+// keeps them on their side of __syncthreads, as for the other shared accesses.
+__device__ __forceinline__ void sts_32(void* smem, float v) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(smem_addr(smem)), "f"(v));
+}
+
+__device__ __forceinline__ float lds_32(const void* smem) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(v) : "r"(smem_addr(smem)));
+  return v;
+}
+
 __device__ __forceinline__ void sts_128(void* smem, uint4 v) {
   asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_addr(smem)), "r"(v.x),
                "r"(v.y), "r"(v.z), "r"(v.w));

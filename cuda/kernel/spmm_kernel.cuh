@@ -164,7 +164,10 @@ __device__ __forceinline__ void mma_tile(float (&acc)[T::kFragsM][T::kFragsN][4]
 }
 
 // Accumulators -> padded fp32 C tile in shared memory -> coalesced rows of y (rounded to the
-// dtype) or of this split's fp32 partial in the workspace.
+// dtype) or of this split's fp32 partial in the workspace. The C tile is n-major (m contiguous) so
+// the second phase reads and writes along m; the 4-float row padding makes each fragment store hit
+// 32 distinct banks (lane (g, t4) -> bank 8 * t4 + g). Every shared access goes through the counted
+// ptx:: wrappers, so the emulator checks this phase for races and bank conflicts too.
 template <class T, class Tag>
 __device__ __forceinline__ void epilogue(const SpmmParams& p, float (&acc)[T::kFragsM][T::kFragsN][4],
                                          float* cs, int m0, int n0, int wm, int wn, int tid,
@@ -176,19 +179,22 @@ __device__ __forceinline__ void epilogue(const SpmmParams& p, float (&acc)[T::kF
     for (int j = 0; j < T::kFragsN; ++j) {
       const int m = wm * T::kWarpM + i * 16 + g;
       const int n = wn * T::kWarpN + j * 8 + t4 * 2;
-      cs[n * T::kCStride + m] = acc[i][j][0];
-      cs[(n + 1) * T::kCStride + m] = acc[i][j][1];
-      cs[n * T::kCStride + m + 8] = acc[i][j][2];
-      cs[(n + 1) * T::kCStride + m + 8] = acc[i][j][3];
+      ptx::sts_32(cs + n * T::kCStride + m, acc[i][j][0]);
+      ptx::sts_32(cs + (n + 1) * T::kCStride + m, acc[i][j][1]);
+      ptx::sts_32(cs + n * T::kCStride + m + 8, acc[i][j][2]);
+      ptx::sts_32(cs + (n + 1) * T::kCStride + m + 8, acc[i][j][3]);
     }
   }
   __syncthreads();
+  // rows * kBlockM is a multiple of 32, so every lane of a warp runs the same iterations and the
+  // warp-collective load is reached by all of them; lanes past M load and drop their value.
+  static_assert(T::kBlockM % 32 == 0, "epilogue loads need whole warps per C-tile row");
   const int rows = (p.n - n0 < T::kBlockN) ? p.n - n0 : T::kBlockN;
   for (int idx = tid; idx < rows * T::kBlockM; idx += T::kThreads) {
     const int n = idx / T::kBlockM, m = idx % T::kBlockM;
     const int gm = m0 + m;
+    const float v = ptx::lds_32(cs + n * T::kCStride + m);
     if (gm >= p.m) continue;
-    const float v = cs[n * T::kCStride + m];
     if (p.split_k == 1) {
       p.y[int64_t(n0 + n) * p.m + gm] = from_float<Tag>(v);
     } else {
