@@ -33,7 +33,7 @@ class SparseLinear(nnx.Module):
     """y = x @ W.T + bias with W a SparseMatrix (out_features, in_features); the call of ``nnx.Linear``.
 
     x: (..., in_features) any float dtype; it is cast to W's dtype (float16 | bfloat16) for the kernel
-    (float32 accumulation) and the result cast back. The bias keeps its own dtype and is added after.
+    (float32 accumulation) and the result cast back. The bias is stored in its own dtype and added in W's.
     """
 
     def __init__(self, weight: SparseMatrix, bias: jax.Array | None = None):
@@ -58,10 +58,10 @@ class SparseLinear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: (..., in_features) -> (..., out_features) in x's dtype."""
         w = self.weight
-        y = sparse_dense(x.astype(w.dtype), w).astype(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias[...].astype(x.dtype)
-        return y
+        # The bias is added in W's dtype, as nnx.Linear(dtype=W's dtype) does: then the dense reference
+        # (to_linear) rounds exactly where this layer does and only the summation order differs.
+        bias = None if self.bias is None else self.bias[...].astype(w.dtype)
+        return sparse_dense(x.astype(w.dtype), w, bias).astype(x.dtype)
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear, sparsity: float, method: str = "magnitude",

@@ -58,7 +58,9 @@ def test_state_types_and_jit_through_split():
     graphdef, state = nnx.split(layer)
     x = jnp.ones((4, 64))
     y = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
-    np.testing.assert_array_equal(np.asarray(y), np.asarray(layer(x)))
+    # XLA may skip the bf16 rounding between the kernel output and the bias add when it fuses them under
+    # jit (excess precision), so eager and jit agree to bf16 precision, not bit for bit.
+    np.testing.assert_allclose(np.asarray(y), np.asarray(layer(x)), rtol=2 ** -7, atol=2 ** -7)
 
 
 def test_grad_reaches_sparse_values():

@@ -112,10 +112,13 @@ class OPTConfig:
     @classmethod
     def tiny(cls, *, post_ln: bool = False, **overrides) -> "OPTConfig":
         """A 2-layer OPT (hidden 32, vocab 96) for tests and quick experiments; post_ln=True gives the
-        opt-350m layout (post-LayerNorm, project_in/project_out of width 16, no final LayerNorm)."""
+        opt-350m layout (post-LayerNorm, project_in/project_out of width 16, no final LayerNorm).
+
+        Its random weights are larger than OPT's (init_std 0.2, not 0.02): at width 32, OPT's scale gives
+        logits within ~0.1 of each other, and greedy tokens would hinge on rounding."""
         fields = dict(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
                       max_position_embeddings=64, word_embed_proj_dim=16 if post_ln else 32,
-                      do_layer_norm_before=not post_ln)
+                      do_layer_norm_before=not post_ln, init_std=0.2)
         fields.update(overrides)
         return cls(**fields)
 
@@ -210,10 +213,12 @@ class OPTAttention(nnx.Module):
         """
         b, t, _ = x.shape
         heads = (b, t, self.num_heads, self.head_dim)
-        # OPT scales q after the projection (bias included), as transformers does.
-        q = self.q_proj(x).reshape(heads) * (self.head_dim ** -0.5)
-        k = self.k_proj(x).reshape(heads)
-        v = self.v_proj(x).reshape(heads)
+        # OPT scales q after the projection (bias included), as transformers does. Projections are brought
+        # back to x's dtype: a 16-bit nnx.Linear returns 16-bit values, and the scaling and the probabilities
+        # times v must not round differently from a SparseLinear (which returns x's dtype).
+        q = self.q_proj(x).astype(x.dtype).reshape(heads) * (self.head_dim ** -0.5)
+        k = self.k_proj(x).astype(x.dtype).reshape(heads)
+        v = self.v_proj(x).astype(x.dtype).reshape(heads)
         if kv is not None:
             start = (0, index, 0, 0)
             k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
