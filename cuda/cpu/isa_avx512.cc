@@ -33,6 +33,7 @@ struct Vec16 {
   static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T fma(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T fma_if(bool take, T a, T b, T c) { return _mm512_mask3_fmadd_ps(a, b, c, __mmask16(-int(take))); }
   template <Dtype D>
   static T load_half(const uint16_t* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));

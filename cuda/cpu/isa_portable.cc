@@ -28,6 +28,12 @@ struct Vec4 {
   static void store(float* p, T v) { std::memcpy(p, &v, sizeof(v)); }
   static T add(T a, T b) { return a + b; }
   static T fma(T a, T b, T c) { return a * b + c; }
+  static T fma_if(bool take, T a, T b, T c) {
+    using I = int32_t __attribute__((vector_size(16)));
+    const int32_t m = -int32_t(take);
+    const I mask{m, m, m, m};
+    return reinterpret_cast<T>((reinterpret_cast<I>(a * b + c) & mask) | (reinterpret_cast<I>(c) & ~mask));
+  }
   template <Dtype D>
   static T load_half(const uint16_t* p) {
     T v;
@@ -35,6 +41,13 @@ struct Vec4 {
     return v;
   }
 };
+
+template <int SLOTS>
+int row_prefix(const uint16_t* rows, int r) {
+  int n = 0;
+  while (n < SLOTS && rows[n] == r) ++n;
+  return n;
+}
 
 #include "cpu/tile_kernel.inc"
 
