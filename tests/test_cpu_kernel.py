@@ -91,3 +91,16 @@ def test_variants_agree_closely():
     for o in outs[1:]:
         # bf16 output: at most one ulp (2^-8 relative) apart after rounding different fp32 sums.
         np.testing.assert_allclose(o, outs[0], atol=scale * 2**-7, rtol=0)
+
+
+@pytest.mark.parametrize("n", [1, 4, 8, 16])
+def test_full_rows_inside_sparse_tiles(isa, n):
+    # A few completely dense rows in otherwise very sparse tiles: runs of 64 entries, far longer than
+    # the kernel's masked lanes per row, and rows with no entry at all.
+    rng = np.random.default_rng(200 + n)
+    w = random_sparse(rng, (256, 128), 0.97, DTYPES[1]).astype(np.float32)
+    w[[3, 4, 70, 200]] = rng.standard_normal((4, 128))
+    w[100:140] = 0.0
+    w = w.astype(DTYPES[1])
+    x = rng.standard_normal((n, 128)).astype(DTYPES[1])
+    assert_close_to_reference(_run(x, jf.SparseMatrix.from_dense(w)), x, w)
