@@ -78,6 +78,21 @@ def spmm_markdown(payload) -> str:
     return "\n".join(out)
 
 
+def headline_markdown(payload) -> str:
+    """The condensed target table for docs/benchmarks.md: sparsities with a target, N in {1, 8, 16}."""
+    rows = [r for r in headline_rows(payload["rows"]) if r["sparsity"] in TARGET_VS_F32]
+    cells = []
+    for r in rows:
+        t, sp = r["times"], r["speedup"]
+        need = TARGET_VS_F32[r["sparsity"]]
+        cells.append([f"{r['M']} x {r['K']}", f"{r['sparsity']:.0%}", str(r["N"]), _ms(t["sparse"]),
+                      _ms(t["dense_f32"]), f"{_x(sp.get('dense_f32'))} (>= {need:.2f}x)",
+                      f"{_x(sp.get('bcsr_f32'))} (>= {TARGET_VS_BCSR:.0f}x)", f"{r['pct_copy_bw']:.0f}%",
+                      _verdict(r)])
+    return markdown_table(["W (M x K), bf16", "sparsity", "N", "sparse ms", "dense f32 ms", "vs dense f32",
+                           "vs BCSR f32", "% copy BW", "met"], cells)
+
+
 def spmm_plot(payload, path: Path) -> bool:
     """Speedup over float32 dense vs sparsity, one line per N, one panel per headline shape (bf16).
     Returns False (no file) when matplotlib is missing or no headline rows exist."""
@@ -123,6 +138,9 @@ def write_spmm_report(payload, stem: Path) -> None:
     md = stem.with_suffix(".md")
     md.write_text(spmm_markdown(payload))
     print(f"wrote {md}")
+    head = stem.parent / (stem.name + "_headline.md")
+    head.write_text(headline_markdown(payload))
+    print(f"wrote {head}")
     spmm_plot(payload, stem.with_suffix(".png"))
 
 
