@@ -84,6 +84,20 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5, threads: int |
     return float(np.median(rates))
 
 
+def device_copy_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """An accelerator's memory bandwidth in GB/s (read + write bytes per second): a jitted elementwise
+    pass over a `nbytes` float32 array that lives on the device. Median of `repeats`."""
+    a = jax.numpy.ones(nbytes // 4, jax.numpy.float32)
+    scale = jax.jit(lambda v: v * 2.0)
+    jax.block_until_ready(scale(a))
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(scale(a))
+        rates.append(2 * a.nbytes / (time.perf_counter() - t) / 1e9)
+    return float(np.median(rates))
+
+
 # --- machine info -------------------------------------------------------------------------------------
 def _cpu_model() -> str:
     try:

@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     budget = args.budget or (3.0 if args.quick else 6.0)
     info = common.machine_info()
     cache_bytes = last_level_cache_bytes()
-    copy_gbs = common.copy_bandwidth_gbs()
+    copy_gbs = common.device_copy_bandwidth_gbs() if platform == "gpu" else common.copy_bandwidth_gbs()
     info.update(copy_bandwidth_gbs=round(copy_gbs, 2), last_level_cache_bytes=cache_bytes,
                 command="python -m benchmarks.spmm" + (" --quick" if args.quick else ""))
     print(f"{info['cpu']} x{info['cores']}, kernel {info['cpu_kernel_isa']}, copy bandwidth "
