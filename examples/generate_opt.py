@@ -10,7 +10,8 @@ SparseMatrix (sparsify), then generate greedily with three copies of the same pr
   dense f32   nnx.Linear in float32, the fastest dense option on CPU (the baseline);
   dense bf16  nnx.Linear in bfloat16, the same rounding as the sparse kernel (the equality check);
   sparse      SparseLinear, jax_flashllm's kernel.
-Sparse and dense bf16 must produce the same tokens. Decode tokens/s excludes the prompt (prefill).
+Sparse and dense bf16 must produce the same tokens, except where two logits tie to within the rounding of
+a different summation order (checked teacher-forced). Decode tokens/s excludes the prompt (prefill).
 The embeddings and the tied LM head (--embed-dtype, bfloat16 by default) are the same in all three rows, so
 the rows differ only in how the Linear layers are stored and multiplied.
 """
@@ -88,6 +89,25 @@ def weight_bytes(model) -> tuple[int, int]:
     return linear, total
 
 
+def near_tie_check(sparse, dense, ids, mask, tokens, vocab: int) -> tuple[float, float]:
+    """Teacher-forced on the sparse model's own output: (max |logit difference| of the two models, worst gap
+    between the dense model's best logit and its logit for the token the sparse model chose). The two
+    kernels sum in different orders, so a bf16 output can differ by one unit in the last place; where two
+    logits are that close, either token is a correct greedy choice."""
+    n = tokens.shape[1]
+    seq = jnp.asarray(np.concatenate([ids, tokens[:, :-1]], axis=1))
+    seq_mask = jnp.asarray(np.concatenate([mask, np.ones_like(tokens[:, :-1])], axis=1))
+
+    def logits(model):
+        graphdef, state = nnx.split(model)
+        fn = jax.jit(lambda state: nnx.merge(graphdef, state)(seq, seq_mask)[:, -n:, :vocab])
+        return np.asarray(fn(state))
+
+    a, b = logits(sparse), logits(dense)
+    chosen = np.take_along_axis(b, tokens[..., None].astype(np.int64), axis=-1)[..., 0]
+    return float(np.abs(a - b).max()), float((b.max(axis=-1) - chosen).max())
+
+
 def timed(fn):
     start = time.perf_counter()
     out = jax.block_until_ready(fn())
@@ -135,7 +155,7 @@ def main(argv=None) -> int:
     for name, m in (("dense f32", dense32), ("dense bf16", dense16), ("sparse bf16", model)):
         runs[name] = benchmark(m, ids, mask, args.max_new_tokens)
         runs[name]["bytes"] = weight_bytes(m)
-    del dense32, dense16
+    del dense32
 
     base = runs["dense f32"]
     print(f"\n{'layers':<12} {'Linear MB':>10} {'all MB':>8} {'prefill ms':>11} {'decode tok/s':>13} "
@@ -145,9 +165,21 @@ def main(argv=None) -> int:
         print(f"{name:<12} {linear / 2**20:>10.1f} {total / 2**20:>8.1f} {r['prefill_ms']:>11.1f} "
               f"{r['decode_tps']:>13.1f} {r['decode_tps'] / base['decode_tps']:>12.2f}x {r['compile_s']:>10.1f}")
 
-    same = np.array_equal(runs["sparse bf16"]["tokens"], runs["dense bf16"]["tokens"])
-    agree = float(np.mean(runs["sparse bf16"]["tokens"] == base["tokens"]))
-    print(f"\nsparse vs dense bf16 (same weights, same rounding): tokens {'IDENTICAL' if same else 'DIFFER'}")
+    tokens = runs["sparse bf16"]["tokens"]
+    differ = int(np.sum(tokens != runs["dense bf16"]["tokens"]))
+    ok = differ == 0
+    if ok:
+        print("\nsparse vs dense bf16 (same weights, same rounding): tokens IDENTICAL")
+    else:
+        vocab = cfg.sampling_vocab_size or cfg.vocab_size
+        delta, gap = near_tie_check(model, dense16, ids, mask, tokens, vocab)
+        ok = gap <= 2 * delta
+        print(f"\nsparse vs dense bf16 (same weights, same rounding): tokens DIFFER at {differ} of "
+              f"{tokens.size} positions, {'only at near-ties' if ok else 'NOT explained by near-ties'}:\n"
+              f"  the dense logit of each sparse choice is within {gap:.2g} of the best; "
+              f"the two models' logits differ by <= {delta:.2g}")
+    del dense16
+    agree = float(np.mean(tokens == base["tokens"]))
     print(f"sparse vs dense f32 (activations not rounded to bf16): {agree:.0%} of tokens equal")
     for row in range(min(args.batch, 2)):
         out = runs["sparse bf16"]["tokens"][row]
@@ -160,7 +192,7 @@ def main(argv=None) -> int:
         else:
             print(f"[{row}] tokens: {out.tolist()}")
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
-    return 0 if same else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -176,3 +176,19 @@ def test_example_with_checkpoint_and_tokenizer(tmp_path, capsys):
     assert _example().main(args) == 0
     out = capsys.readouterr().out
     assert "'w5 w17 w40' ->" in out and "tokens IDENTICAL" in out
+
+
+def test_example_near_tie_check():
+    example = _example()
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(2))
+    sparsify(model, 0.8)
+    dense = nnx.clone(model)
+    densify(dense)
+    ids, mask = np.array([[1, 5, 6, 7], [9, 10, 11, 12]]), np.array([[0, 1, 1, 1], [1, 1, 1, 1]])
+    tokens = np.asarray(generate(model, ids, mask, max_new_tokens=5, eos_token_id=None))
+    delta, gap = example.near_tie_check(model, dense, ids, mask, tokens, 96)
+    assert gap <= 2 * delta + 1e-6  # the greedy choices are the dense argmax
+    wrong = tokens.copy()
+    wrong[1, 3] = (wrong[1, 3] + 1) % 96  # not the argmax: far from a tie
+    delta, gap = example.near_tie_check(model, dense, ids, mask, wrong, 96)
+    assert gap > 2 * delta + 1e-3
