@@ -18,6 +18,7 @@ void halves_to_floats(const uint16_t* h, float* f, int n) {
 struct Vec4 {
   using T = float __attribute__((vector_size(16)));
   static constexpr int kWidth = 4;
+  static constexpr bool kDotBf16 = false;
   static T zero() { return T{0.0f, 0.0f, 0.0f, 0.0f}; }
   static T set1(float f) { return T{f, f, f, f}; }
   static T load(const float* p) {
