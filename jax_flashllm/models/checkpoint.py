@@ -1,7 +1,8 @@
 """OPT checkpoints: HuggingFace directories in, jax_flashllm (possibly sparsified) models in and out.
 
 - ``load_pretrained(path)`` reads a local HF checkpoint (config.json + model.safetensors, or a sharded
-  model.safetensors.index.json) with safetensors' numpy backend: no torch, one tensor in memory at a time.
+  model.safetensors.index.json) with safetensors' numpy backend: no torch, tensor by tensor, so the host never
+  holds a second full copy of the weights.
 - ``save_model(model, path)`` / ``load_model(path)`` store an OPTForCausalLM whose Linear layers may have
   been replaced by SparseLinear, so pruning and encoding happen once.
 
