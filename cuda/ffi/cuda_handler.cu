@@ -7,9 +7,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <limits>
 #include <string>
 
+#include "ffi/spmm_checks.h"
 #include "flashllm/format.h"
 #include "kernel/launcher.cuh"
 
@@ -17,12 +17,6 @@ namespace ffi = xla::ffi;
 
 namespace flashllm {
 namespace {
-
-std::string dims_str(ffi::AnyBuffer::Dimensions d) {
-  std::string s = "(";
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? ", " : "") + std::to_string(d[i]);
-  return s + ")";
-}
 
 ffi::Error invalid(const std::string& what) {
   return ffi::Error::InvalidArgument("flashllm_spmm_cuda: " + what);
@@ -33,30 +27,11 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
                                 ffi::Buffer<ffi::S32> tile_offsets, ffi::Result<ffi::AnyBuffer> y,
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
                                 int64_t split_k) {
+  int64_t n = 0;
+  if (std::string why = check_spmm_buffers(x, values, locations, tile_offsets, *y, m, k, n); !why.empty())
+    return invalid(why);
   const auto dtype = x.element_type();
-  if (dtype != ffi::F16 && dtype != ffi::BF16) return invalid("x must be float16 or bfloat16");
-  if (values.element_type() != dtype || y->element_type() != dtype)
-    return invalid("x, values and y must share one dtype");
-  const auto xd = x.dimensions();
-  if (xd.size() != 2 || xd[1] != k)
-    return invalid("x must be (N, " + std::to_string(k) + "), got " + dims_str(xd));
-  const int64_t n = xd[0];
-  const auto yd = y->dimensions();
-  if (yd.size() != 2 || yd[0] != n || yd[1] != m)
-    return invalid("y must be (N, M), got " + dims_str(yd));
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
-  if (m < 0 || k < 0 || m > kIntMax - kTileM || k > kIntMax - kTileK || n > kIntMax)
-    return invalid("M, K and N must fit in int32");
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
-  const int64_t k_tiles = (k + kTileK - 1) / kTileK;
-  if (int64_t(tile_offsets.element_count()) != m_tiles * k_tiles + 1)
-    return invalid("tile_offsets must have " + std::to_string(m_tiles * k_tiles + 1) + " entries");
-  if (values.element_count() != locations.element_count())
-    return invalid("values and locations differ in length");
-  // The kernel indexes entries with int32 (tile offsets are int32 anyway); keep a tile's worth of
-  // headroom so chunk arithmetic past the last offset cannot overflow.
-  if (int64_t(values.element_count()) > kIntMax - kTileElems)
-    return invalid("too many stored entries for int32 indexing");
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
   // the workspace the shape rule allocated matches it.
   if (split_k < 1 || split_k > 65535) return invalid("split_k must be in [1, 65535]");
