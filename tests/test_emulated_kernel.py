@@ -211,7 +211,7 @@ def test_dense_paths_conflict_free(config):
     assert stats["gmem_sectors"] == 16 * stats["gmem_requests"]
 
 
-# ---- numeric.cuh: the kernel's own 16-bit conversions, bit for bit against numpy / ml_dtypes ---
+# ---- flashllm/numeric.h: the kernel's own 16-bit conversions, bit for bit against numpy / ml_dtypes ---
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_kernel_conversions_match_numpy(dtype):
     bits = np.arange(1 << 16, dtype=np.uint16)

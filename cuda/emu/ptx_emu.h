@@ -35,7 +35,7 @@ constexpr bool same_name(const char* a, const char* b) {
   return *a == *b && (*a == '\0' || same_name(a + 1, b + 1));
 }
 
-// The kernel's dtype tags (cuda/kernel/numeric.cuh: Fp16 / Bf16) carry kName; the emulator decodes
+// The kernel's dtype tags (cuda/kernel/flashllm/numeric.h: Fp16 / Bf16) carry kName; the emulator decodes
 // the 16-bit inputs itself (like the hardware) rather than through the kernel's conversions.
 template <class Tag>
 constexpr MmaType mma_type() {

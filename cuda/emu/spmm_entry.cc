@@ -121,7 +121,7 @@ nb::list spmm_configs() {
   return out;
 }
 
-// numeric.cuh's conversions over whole arrays, so tests can compare them bit for bit with numpy.
+// flashllm/numeric.h's conversions over whole arrays, so tests can compare them bit for bit with numpy.
 nb::ndarray<nb::numpy, uint16_t> round_float32(Vec<float> src, const std::string& dtype_name) {
   const Dtype dtype = parse_dtype(dtype_name);
   std::vector<uint16_t> out(src.shape(0));
@@ -146,9 +146,9 @@ nb::ndarray<nb::numpy, float> widen_bits(Vec<uint16_t> src, const std::string& d
 
 void emu_bind_spmm(nb::module_& m) {
   m.def("round_float32", &round_float32, nb::arg("x"), nb::arg("dtype"),
-        "numeric.cuh from_float: (P,) float32 -> (P,) uint16 bits of dtype (round to nearest even).");
+        "flashllm/numeric.h from_float: (P,) float32 -> (P,) uint16 bits of dtype (round to nearest even).");
   m.def("widen_bits", &widen_bits, nb::arg("bits"), nb::arg("dtype"),
-        "numeric.cuh to_float: (P,) uint16 bits of dtype -> (P,) float32.");
+        "flashllm/numeric.h to_float: (P,) uint16 bits of dtype -> (P,) float32.");
   m.def("spmm", &spmm, nb::arg("values"), nb::arg("locations"), nb::arg("tile_offsets"),
         nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("dtype"), nb::arg("split_k") = 1,
         nb::arg("config") = -1,

@@ -26,7 +26,7 @@ using In1 = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 template <class T>
 using In2 = nb::ndarray<const T, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
 
-// Input dtype tags with the kName convention of cuda/kernel/numeric.cuh.
+// Input dtype tags with the kName convention of cuda/kernel/flashllm/numeric.h.
 struct ProbeF16 {
   static constexpr const char* kName = "float16";
 };

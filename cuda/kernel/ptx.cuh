@@ -5,7 +5,7 @@
 #pragma once
 
 #if defined(FLASHLLM_EMU)
-#include "numeric.cuh"
+#include "flashllm/numeric.h"
 #include "../emu/emu.h"
 #include "../emu/ptx_emu.h"
 #else
@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <cuda_runtime.h>
 
-#include "numeric.cuh"
+#include "flashllm/numeric.h"
 
 // Dynamic shared memory only (the emulator allocates it per block); 16-byte aligned for cp.async
 // and 128-bit shared accesses.

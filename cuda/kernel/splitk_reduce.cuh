@@ -3,7 +3,7 @@
 // summation order keeps results deterministic.
 #pragma once
 
-#include "numeric.cuh"
+#include "flashllm/numeric.h"
 #include "params.cuh"
 #include "ptx.cuh"
 

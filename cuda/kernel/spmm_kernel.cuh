@@ -6,7 +6,7 @@
 // dtype tag; compiles for the device with nvcc and for the host emulation with FLASHLLM_EMU.
 #pragma once
 
-#include "numeric.cuh"
+#include "flashllm/numeric.h"
 #include "params.cuh"
 #include "ptx.cuh"
 #include "traits.cuh"
