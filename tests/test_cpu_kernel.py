@@ -104,3 +104,29 @@ def test_full_rows_inside_sparse_tiles(isa, n):
     w = w.astype(DTYPES[1])
     x = rng.standard_normal((n, 128)).astype(DTYPES[1])
     assert_close_to_reference(_run(x, jf.SparseMatrix.from_dense(w)), x, w)
+
+
+# The dense-tile path for N >= 2 (bf16, where the CPU has AVX512_BF16): a tile takes it when it holds
+# at least 64 entries per column of its chunk's padded width (8, 16, 32, 48 or 64), so these densities
+# put full tiles on both sides of the switch for each width: 100 % dense tiles take it at every N,
+# 30 % up to width 32, 10 % only at width 8; the matrix is off the tile grid (44-row and 13-column edge
+# tiles, with few entries, take the other paths in the same call). Other variants and fp16 never take
+# it and must give the same answers.
+@pytest.mark.parametrize("n", [2, 5, 8, 9, 16, 17, 32, 33, 48, 64, 70])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+@pytest.mark.parametrize("sparsity", [0.0, 0.7, 0.9])
+def test_dense_tile_path_across_the_switch(isa, dtype, sparsity, n):
+    rng = np.random.default_rng(300 + n + int(sparsity * 10))
+    w = random_sparse(rng, (300, 333), sparsity, dtype)
+    x = rng.standard_normal((n, 333)).astype(dtype)
+    assert_close_to_reference(_run(x, jf.SparseMatrix.from_dense(w)), x, w)
+
+
+@pytest.mark.parametrize("n", [8, 16, 40])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
+def test_dense_tile_path_with_unsorted_entries(isa, dtype, n):
+    rng = np.random.default_rng(400 + n)
+    w = random_sparse(rng, (256, 192), 0.3, dtype)
+    s = _shuffled_within_tiles(jf.SparseMatrix.from_dense(w), rng)
+    x = rng.standard_normal((n, 192)).astype(dtype)
+    assert_close_to_reference(_run(x, s), x, w)

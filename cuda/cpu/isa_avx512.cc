@@ -75,6 +75,86 @@ bool Vec16::dot_bf16_available() {
 
 void Vec16::dot_bf16_tile(const uint16_t* tile, const float* xs, float* acc) { dot_bf16_tile_impl(tile, xs, acc); }
 
+// add_tile_dense's multiply for bf16 with AVX512_BF16: acc (kTileM, NC) += tile (kTileM, kTileK, bf16,
+// swizzled) @ x^T (kTileK, NC fp32 holding bf16 values, paired to bf16 in registers). R rows x G vectors of acc stay in
+// registers; each vdpbf16ps takes one broadcast pair of W (logical columns 2cp, 2cp + 1; the swizzle
+// moves whole 8-column chunks, so a pair stays together) times 16 (or 8) columns' pairs of x.
+struct Zmm {
+  using T = __m512;
+  using I = __m512i;
+  static constexpr int kWidth = 16;
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T v) { _mm512_storeu_ps(p, v); }
+  // bf16 pairs (x[c][n] low, x[c + 1][n] high) of two fp32 rows that hold bf16 values (exact).
+  static I pairs(const float* lo, const float* hi) {
+    return _mm512_ternarylogic_epi32(_mm512_srli_epi32(_mm512_castps_si512(_mm512_loadu_ps(lo)), 16),
+                                     _mm512_castps_si512(_mm512_loadu_ps(hi)), _mm512_set1_epi32(int(0xFFFF0000u)), 0xD8);
+  }
+  static I bcast(uint32_t w) { return _mm512_set1_epi32(int(w)); }
+  __attribute__((target("avx512bf16,avx512f,avx512vl"))) static T dp(T a, I w, I x) {
+    return _mm512_dpbf16_ps(a, (__m512bh)w, (__m512bh)x);
+  }
+};
+struct Ymm {
+  using T = __m256;
+  using I = __m256i;
+  static constexpr int kWidth = 8;
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T v) { _mm256_storeu_ps(p, v); }
+  static I pairs(const float* lo, const float* hi) {
+    return _mm256_ternarylogic_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_loadu_ps(lo)), 16),
+                                     _mm256_castps_si256(_mm256_loadu_ps(hi)), _mm256_set1_epi32(int(0xFFFF0000u)), 0xD8);
+  }
+  static I bcast(uint32_t w) { return _mm256_set1_epi32(int(w)); }
+  __attribute__((target("avx512bf16,avx512f,avx512vl"))) static T dp(T a, I w, I x) {
+    return _mm256_dpbf16_ps(a, (__m256bh)w, (__m256bh)x);
+  }
+};
+
+template <class Z, int R, int G, int NC>
+__attribute__((target("avx512bf16,avx512f,avx512vl,avx2,fma,f16c")))
+void dense_bf16_block(const uint32_t* t32, const float* xk, float* acc) {
+  static_assert(R % kSwizzleRows == 0, "a block starts at row phase 0");
+  typename Z::T a[R][G];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < G; ++j) a[i][j] = Z::load(acc + i * NC + j * Z::kWidth);
+  for (int q = 0; q < kChunksPerRow; ++q) {      // logical 8-column chunk
+    for (int s = 0; s < kChunkElems / 2; ++s) {  // pair inside it
+      const int cp = q * (kChunkElems / 2) + s;
+      typename Z::I xv[G];
+      for (int j = 0; j < G; ++j) xv[j] = Z::pairs(xk + 2 * cp * NC + j * Z::kWidth, xk + (2 * cp + 1) * NC + j * Z::kWidth);
+      for (int i = 0; i < R; ++i) {
+        const int pos = ((q ^ (i % kSwizzleRows)) * (kChunkElems / 2)) + s;  // stored pair in row i
+        const typename Z::I w = Z::bcast(t32[i * (kTileK / 2) + pos]);
+        for (int j = 0; j < G; ++j) a[i][j] = Z::dp(a[i][j], w, xv[j]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < G; ++j) Z::store(acc + i * NC + j * Z::kWidth, a[i][j]);
+}
+
+template <int NC>
+bool dense_bf16_available() {
+  return NC % 8 == 0 && Vec16::dot_bf16_available();
+}
+
+template <int NC>
+void dense_bf16_tile(const uint16_t* tile, const float* xk, float* acc) {
+  const uint32_t* t32 = reinterpret_cast<const uint32_t*>(tile);
+  if constexpr (NC == 8) {
+    for (int r0 = 0; r0 < kTileM; r0 += 16)
+      dense_bf16_block<Ymm, 16, 1, NC>(t32 + r0 * (kTileK / 2), xk, acc + r0 * NC);
+  } else if constexpr (NC % 16 == 0) {
+    constexpr int R = NC == 16 ? 16 : 8;
+    for (int r0 = 0; r0 < kTileM; r0 += R)
+      for (int j0 = 0; j0 < NC / 16; j0 += 2) {
+        if (j0 + 2 <= NC / 16) dense_bf16_block<Zmm, R, 2, NC>(t32 + r0 * (kTileK / 2), xk + j0 * 16, acc + r0 * NC + j0 * 16);
+        else dense_bf16_block<Zmm, R, 1, NC>(t32 + r0 * (kTileK / 2), xk + j0 * 16, acc + r0 * NC + j0 * 16);
+      }
+  }
+}
+
 #include "cpu/tile_kernel.inc"
 
 template <Dtype D>
