@@ -146,3 +146,15 @@ def test_load_model_rejects_hf_checkpoints_and_tampering(tmp_path):
     save_file(tensors, path, metadata=meta)
     with pytest.raises(CheckpointError, match="layers.0.fc1.values"):
         load_model(tmp_path / "m")
+
+
+def test_save_and_load_after_cast_embeddings(tmp_path):
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))  # float32
+    sparsify(model, 0.5, include="fc1")
+    model.cast_embeddings(jnp.bfloat16)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.embed_tokens.embedding[...].dtype == jnp.bfloat16
+    assert loaded.embed_positions.embedding[...].dtype == jnp.bfloat16
+    assert loaded.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))

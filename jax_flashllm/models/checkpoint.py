@@ -156,7 +156,9 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     sparse = {_key(p): {**m.spec(), "path": list(p)} for p, m in nnx.iter_graph(model)
               if isinstance(m, SparseLinear)}
     tensors = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
-    meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name, "sparse_layers": json.dumps(sparse)}
+    meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name,
+            "embedding_dtype": jnp.dtype(model.embed_tokens.embedding.dtype).name,
+            "sparse_layers": json.dumps(sparse)}
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(model.config.to_dict(), f, indent=2)
     save_file(tensors, os.path.join(directory, SINGLE_FILE), metadata=meta)
@@ -175,6 +177,11 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
     model = OPTForCausalLM.abstract(config, meta["dtype"])
+    # A model saved after cast_embeddings keeps its embeddings (and tied head) in their own dtype; files
+    # written before this key existed have them in the model dtype.
+    embedding_dtype = meta.get("embedding_dtype", meta["dtype"])
+    if jnp.dtype(embedding_dtype) != jnp.dtype(meta["dtype"]):
+        model.cast_embeddings(embedding_dtype)
     for spec in json.loads(meta["sparse_layers"]).values():
         set_submodule(model, tuple(spec["path"]), SparseLinear.abstract(spec))
     graphdef, state = nnx.split(model)

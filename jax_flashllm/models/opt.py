@@ -309,10 +309,15 @@ class OPTForCausalLM(nnx.Module):
 
         After ``sparsify`` the LM head (vocab x word_embed_proj_dim) is the largest dense matrix left and
         decode reads all of it every token; bfloat16 halves that. Activations keep the model dtype; the head
-        multiplies in ``dtype`` with float32 accumulation.
+        multiplies in ``dtype`` with float32 accumulation. Works on an ``abstract`` model too (dtypes only).
         """
         for embed in (self.embed_tokens, self.embed_positions):
-            embed.embedding = nnx.Param(embed.embedding[...].astype(dtype))
+            value = embed.embedding.get_value()
+            if isinstance(value, jax.ShapeDtypeStruct):  # an abstract model: load_model fills it afterwards
+                value = jax.ShapeDtypeStruct(value.shape, jnp.dtype(dtype), sharding=value.sharding)
+            else:
+                value = value.astype(dtype)
+            embed.embedding = nnx.Param(value)
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Tied LM head. h: (B, T, word_embed_proj_dim) -> logits (B, T, vocab_size) float32."""
