@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from jax_flashllm.models.checkpoint import CheckpointError, load_model, load_pretrained, save_model
@@ -138,7 +139,6 @@ def test_load_model_rejects_hf_checkpoints_and_tampering(tmp_path):
     sparsify(model, 0.5, include="fc1")
     save_model(model, tmp_path / "m")
     path = tmp_path / "m" / "model.safetensors"
-    from safetensors import safe_open
     with safe_open(path, "numpy") as f:
         meta = f.metadata()
     tensors = load_file(path)
@@ -158,3 +158,36 @@ def test_save_and_load_after_cast_embeddings(tmp_path):
     assert loaded.embed_positions.embedding[...].dtype == jnp.bfloat16
     assert loaded.layers[0].self_attn.q_proj.kernel[...].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))
+
+
+def _tamper(directory, key, edit):
+    """Rewrite one tensor of a save_model file in place, keeping its metadata."""
+    path = directory / "model.safetensors"
+    with safe_open(path, "numpy") as f:
+        meta = f.metadata()
+    tensors = load_file(path)
+    tensors[key] = edit(tensors[key].copy())
+    save_file(tensors, path, metadata=meta)
+
+
+def _duplicate_first_location(locations):
+    locations[1] = locations[0]  # two entries of tile 0 at one position
+    return locations
+
+
+def _overlap_tiles(offsets):
+    offsets[1] += 8  # tile 0 claims tile 1's first entries, tile 1 loses them
+    return offsets
+
+
+@pytest.mark.parametrize("leaf,edit,message", [
+    ("locations", _duplicate_first_location, "repeated within tile 0"),
+    ("tile_offsets", _overlap_tiles, "tile_offsets"),
+])
+def test_load_model_validates_sparse_layers(tmp_path, leaf, edit, message):
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.5, include="fc1")
+    save_model(model, tmp_path / "m")
+    _tamper(tmp_path / "m", f"layers.1.fc1.{leaf}", edit)
+    with pytest.raises(CheckpointError, match=f"layers.1.fc1.*{message}"):
+        load_model(tmp_path / "m")

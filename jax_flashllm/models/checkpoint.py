@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
+from jax_flashllm.format import SparseMatrix
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
 from jax_flashllm.nn import SparseLinear, set_submodule
 
@@ -164,8 +165,21 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     save_file(tensors, os.path.join(directory, SINGLE_FILE), metadata=meta)
 
 
+_ENCODING = ("values", "locations", "tile_offsets")
+
+
+def _check_encoding(file: str, name: str, spec: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Validate one saved sparse layer's Tiled-CSL arrays on the host: the kernels trust them (the CUDA
+    handler cannot inspect device data), so a corrupt file must stop here, not read out of bounds."""
+    try:
+        SparseMatrix(*(arrays[n] for n in _ENCODING), tuple(spec["shape"]), version=spec["version"])
+    except ValueError as e:
+        raise CheckpointError(f"{file}: sparse layer {name} is not a valid Tiled-CSL matrix: {e}") from e
+
+
 def load_model(path: str | os.PathLike) -> OPTForCausalLM:
-    """Load a model written by ``save_model`` (dense or sparsified), every shape checked."""
+    """Load a model written by ``save_model`` (dense or sparsified), every shape checked and every sparse
+    layer validated (CheckpointError naming the layer for a corrupt encoding)."""
     directory = os.fspath(path)
     config = OPTConfig.from_json(directory)
     file = os.path.join(directory, SINGLE_FILE)
@@ -182,11 +196,13 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     embedding_dtype = meta.get("embedding_dtype", meta["dtype"])
     if jnp.dtype(embedding_dtype) != jnp.dtype(meta["dtype"]):
         model.cast_embeddings(embedding_dtype)
-    for spec in json.loads(meta["sparse_layers"]).values():
-        set_submodule(model, tuple(spec["path"]), SparseLinear.abstract(spec))
+    specs = {tuple(spec["path"]): spec for spec in json.loads(meta["sparse_layers"]).values()}
+    for path, spec in specs.items():
+        set_submodule(model, path, SparseLinear.abstract(spec))
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     keys = set(handle.keys())
+    pending: dict[tuple, dict[str, tuple]] = {}  # a sparse layer's arrays until all three are read
     for leaf, var in flat.items():
         key = _key(leaf)
         if key not in keys:
@@ -195,8 +211,17 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
         if array.shape != var.shape or array.dtype != var.dtype:
             raise CheckpointError(f"{file}: {key} is {array.dtype}{list(array.shape)}, "
                                   f"expected {var.dtype}{list(var.shape)}")
-        var.set_value(jnp.asarray(array))
         keys.discard(key)
+        layer, name = leaf[:-1], leaf[-1]
+        if layer in specs and name in _ENCODING:
+            group = pending.setdefault(layer, {})
+            group[name] = (var, array)
+            if len(group) == len(_ENCODING):
+                _check_encoding(file, _key(layer), specs[layer], {n: a for n, (_, a) in group.items()})
+                for var, array in pending.pop(layer).values():
+                    var.set_value(jnp.asarray(array))
+            continue
+        var.set_value(jnp.asarray(array))
     if keys:
         raise CheckpointError(f"{file} has unexpected tensor(s): {', '.join(sorted(keys)[:8])}")
     return nnx.merge(graphdef, state)
