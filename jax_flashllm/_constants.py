@@ -13,6 +13,11 @@ CHUNK_ELEMS = 8
 SWIZZLE_ROWS = 8
 
 
+def tile_grid(m: int, k: int) -> tuple[int, int]:
+    """(M tiles, K tiles) covering a logical (m, k) matrix."""
+    return -(-m // TILE_M), -(-k // TILE_K)
+
+
 def swizzle(row, col):
     """Logical (row, col) inside a tile -> offset in the swizzled shared-memory tile (numpy-vectorized)."""
     row = np.asarray(row)

@@ -32,11 +32,6 @@ def _storage_dtype(dtype) -> np.dtype:
     return _STORAGE_DTYPES[name]
 
 
-def _tile_grid(shape) -> tuple[int, int]:
-    m, k = shape
-    return -(-m // C.TILE_M), -(-k // C.TILE_K)
-
-
 @jax.tree_util.register_pytree_node_class
 class SparseMatrix:
     """A (M, K) weight in Tiled-CSL: only the nonzeros (plus <= 7 padding entries per tile) are stored.
@@ -53,7 +48,10 @@ class SparseMatrix:
     __slots__ = ("values", "locations", "tile_offsets", "shape", "dtype", "version")
 
     def __init__(self, values, locations, tile_offsets, shape, *, version: int = C.FORMAT_VERSION):
-        values = np.asarray(values) if not isinstance(values, jax.Array) else values
+        # Lists and other array-likes become numpy arrays (jax arrays stay on their devices), so the
+        # pytree always has exactly three array leaves.
+        values, locations, tile_offsets = (a if isinstance(a, jax.Array) else np.asarray(a)
+                                           for a in (values, locations, tile_offsets))
         self._set(values, locations, tile_offsets, shape, np.dtype(values.dtype), version)
         self.validate()
 
@@ -81,8 +79,9 @@ class SparseMatrix:
         return cls._unchecked(*children, shape, dtype, version)
 
     def replace_values(self, values) -> "SparseMatrix":
-        """Same sparsity pattern, new values (e.g. cast or fine-tuned). values: (P,) of any float dtype
-        castable to float16 / bfloat16; the matrix dtype becomes values' dtype."""
+        """Same sparsity pattern, new values (e.g. fine-tuned, or a traced array to differentiate).
+        values: (P,) float16 | bfloat16 (cast first, or use `astype`); the matrix dtype becomes values'
+        dtype. Not validated: the pattern is unchanged."""
         if tuple(values.shape) != tuple(self.values.shape):
             raise ValueError(f"values must have shape {self.values.shape}, got {values.shape}")
         return SparseMatrix._unchecked(values, self.locations, self.tile_offsets, self.shape,
@@ -97,7 +96,7 @@ class SparseMatrix:
     @property
     def tiles(self) -> tuple[int, int]:
         """(M tiles, K tiles) of the padded matrix."""
-        return _tile_grid(self.shape)
+        return C.tile_grid(*self.shape)
 
     @property
     def num_tiles(self) -> int:
@@ -151,7 +150,7 @@ class SparseMatrix:
         dtype = _storage_dtype(dtype)
         bits = w.astype(dtype, copy=False).view(np.uint16)
 
-        mt, kt = _tile_grid(w.shape)
+        mt, kt = C.tile_grid(*w.shape)
         if (m, k) != (mt * C.TILE_M, kt * C.TILE_K):
             padded = np.zeros((mt * C.TILE_M, kt * C.TILE_K), np.uint16)
             padded[:m, :k] = bits

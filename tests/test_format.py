@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jax_flashllm import SparseMatrix
+from jax_flashllm import sparse_dense as jf_sparse_dense
 from jax_flashllm import _constants as C
 from reference import DTYPES, random_sparse
 
@@ -224,3 +225,16 @@ def test_encoder_is_vectorized_fast_enough():
     w = random_sparse(np.random.default_rng(7), (2048, 4096), 0.8, BF16)
     s = SparseMatrix.from_dense(w)
     assert s.nnz == np.count_nonzero(w)
+
+
+def test_constructor_turns_array_likes_into_arrays():
+    v, l, o, sh = _arrays()
+    s = SparseMatrix(list(v), list(l), list(o), sh)  # lists of numpy scalars keep their dtypes
+    leaves = jax.tree.leaves(s)
+    assert len(leaves) == 3 and all(isinstance(a, np.ndarray) for a in leaves)
+    x = np.ones((2, sh[1]), np.float16)
+    np.testing.assert_array_equal(np.asarray(jf_sparse_dense(x, s)),
+                                  np.asarray(jf_sparse_dense(x, SparseMatrix(v, l, o, sh))))
+    # Python floats carry no 16-bit dtype: such values must be cast first, and the error says so.
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        SparseMatrix(v.tolist(), l, o, sh)
