@@ -65,6 +65,6 @@ def choose_split_k(m: int, k: int, n: int, num_sms: int) -> int:
         return 1
     cfg = choose_config(n)
     blocks = -(-m // cfg.block_m) * -(-n // cfg.block_n)
-    k_tiles = -(-k // C.TILE_K)
+    k_tiles = C.tile_grid(m, k)[1]
     split = min(num_sms // blocks, k_tiles // MIN_K_TILES_PER_SPLIT, MAX_SPLIT_K)
     return max(1, split)

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
-from jax_flashllm import _tiling
 from jax_flashllm.format import SparseMatrix
-from jax_flashllm.primitive import flashllm_spmm_p
+from jax_flashllm.primitive import choose_split_k, spmm
 
 __all__ = ["sparse_dense"]
-
-
-def _split_k(m: int, k: int, n: int) -> int:
-    # Decided at trace time from the default device: the workspace it implies is part of the program.
-    device = jax.devices()[0]
-    if device.platform != "gpu":
-        return 1
-    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132))
 
 
 def sparse_dense(x, w: SparseMatrix, bias=None):
@@ -52,8 +42,8 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
     if n == 0:
         y = jnp.zeros((*lead, m), x.dtype)
     else:
-        y, _ = flashllm_spmm_p.bind(x.reshape(n, k), w.values, w.locations, w.tile_offsets,
-                                    m=m, k=k, split_k=_split_k(m, k, n))
+        y = spmm(x.reshape(n, k), w.values, w.locations, w.tile_offsets, m=m, k=k,
+                 split_k=choose_split_k(m, k, n))
         y = y.reshape(*lead, m)
     if bias is not None:
         bias = jnp.asarray(bias)

@@ -10,6 +10,7 @@ nothing (empty when split_k == 1). Public code calls `jax_flashllm.sparse_dense`
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -18,10 +19,10 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jax_flashllm import _constants as C
-from jax_flashllm import _ffi
+from jax_flashllm import _ffi, _tiling
 from jax_flashllm.format import SparseMatrix
 
-__all__ = ["flashllm_spmm_p", "spmm", "workspace_size"]
+__all__ = ["choose_split_k", "flashllm_spmm_p", "spmm", "workspace_size"]
 
 flashllm_spmm_p = Primitive("flashllm_spmm")
 flashllm_spmm_p.multiple_results = True
@@ -31,8 +32,18 @@ _FLOAT16 = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 def workspace_size(m: int, n: int, split_k: int) -> int:
     """Float32 elements of split-K scratch: one (N, M_pad) partial per K slice."""
-    m_pad = -(-m // C.TILE_M) * C.TILE_M
+    m_pad = C.tile_grid(m, 1)[0] * C.TILE_M
     return split_k * n * m_pad if split_k > 1 else 0
+
+
+def choose_split_k(m: int, k: int, n: int) -> int:
+    """Split-K factor for an (N, K) x (M, K)^T product on the default device: the CUDA kernel's choice
+    on a GPU, 1 (no workspace) elsewhere. Decided at trace time: the workspace it implies is part of
+    the program."""
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return 1
+    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132))
 
 
 def spmm(x, values, locations, tile_offsets, *, m: int, k: int, split_k: int = 1):
@@ -57,7 +68,7 @@ def _abstract_eval(x, values, locations, tile_offsets, *, m, k, split_k):
     if values.ndim != 1 or locations.shape != values.shape:
         raise ValueError(f"flashllm_spmm: values {values.shape} and locations {locations.shape} must be "
                          "equal-length 1-D arrays")
-    tiles = -(-m // C.TILE_M) * -(-k // C.TILE_K)
+    tiles = math.prod(C.tile_grid(m, k))
     if tile_offsets.shape != (tiles + 1,):
         raise ValueError(f"flashllm_spmm: tile_offsets must have shape ({tiles + 1},) for a ({m}, {k}) "
                          f"weight, got {tile_offsets.shape}")
@@ -91,8 +102,12 @@ def _batch(args, dims, *, m, k, split_k):
     if bv is None and bl is None and bo is None:
         x = jnp.moveaxis(x, bx, 0)
         b, n = x.shape[:2]
-        y, ws = flashllm_spmm_p.bind(x.reshape(b * n, k), values, locations, tile_offsets, **params)
-        return (y.reshape(b, n, m), ws.reshape(b, -1)), (0, 0)
+        # The folded problem has B*N rows and may want another split; the per-example workspace the
+        # caller sees is never read (XLA drops the zeros), only its shape must stay what bind promised.
+        y = spmm(x.reshape(b * n, k), values, locations, tile_offsets, m=m, k=k,
+                 split_k=choose_split_k(m, k, b * n))
+        ws = jnp.zeros((b, workspace_size(m, n, split_k)), jnp.float32)
+        return (y.reshape(b, n, m), ws), (0, 0)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     moved = [batching.bdim_at_front(a, d, size) for a, d in zip(args, dims)]
     y, ws = jax.lax.map(lambda a: tuple(flashllm_spmm_p.bind(*a, **params)), tuple(moved))

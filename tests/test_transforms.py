@@ -114,3 +114,17 @@ def test_cuda_lowering_is_emitted_without_a_gpu(case):
     assert "flashllm_spmm_cpu" not in text
     cpu_text = jax.jit(jf.sparse_dense).trace(x, s).lower(lowering_platforms=("cpu",)).as_text()
     assert "flashllm_spmm_cpu" in cpu_text
+
+
+def test_vmap_keeps_the_per_example_workspace_shape(case, monkeypatch):
+    # On a GPU the folded B*N problem may choose another split-K than the per-example N; the batched
+    # workspace result must still have the per-example shape that bind promised.
+    from jax_flashllm import primitive
+
+    w, s, x = case
+    monkeypatch.setattr(primitive, "choose_split_k", lambda m, k, n: 1 + (n > 6))
+    xb = jnp.asarray(x.reshape(2, 3, K))
+    ys, ws = jax.vmap(lambda xi: primitive.flashllm_spmm_p.bind(
+        xi, s.values, s.locations, s.tile_offsets, m=M, k=K, split_k=2))(xb)
+    assert ws.shape == (2, primitive.workspace_size(M, 3, 2))
+    assert_close_to_reference(np.asarray(ys).reshape(6, M), x, w)
