@@ -19,15 +19,18 @@ step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, stop the chec
   (( left < limit )) && limit=$left
   if (( limit <= 5 )); then echo "gpu-check FAILED: out of time before step '$name'"; exit 1; fi
   echo "== [$(( $(date +%s) - start ))s] $name (limit ${limit}s)"
-  if ! timeout "$limit" "$@" >"$OUT/$name.log" 2>&1; then
-    echo "gpu-check FAILED at step '$name' (exit $?); last lines of $OUT/$name.log:"
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  local rc=$?
+  if (( rc != 0 )); then
+    (( rc == 124 )) && echo "gpu-check: step '$name' ran past its ${limit}s limit"
+    echo "gpu-check FAILED at step '$name' (exit $rc); last lines of $OUT/$name.log:"
     tail -n 40 "$OUT/$name.log"
     exit 1
   fi
   tail -n 3 "$OUT/$name.log"
 }
 
-step machine 30 bash -c "nvidia-smi; $PY -c 'import jax; print(jax.__version__, jax.devices())'"
+step machine 30 bash -c "nvidia-smi && $PY -c 'import jax; print(jax.__version__, jax.devices())'"
 # One architecture keeps the build inside the time budget; CI builds all of them.
 arch=$($PY - <<'PYEOF' 2>/dev/null || echo 90
 import jax
