@@ -65,10 +65,15 @@ class SparseLinear(nnx.Module):
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear, sparsity: float, method: str = "magnitude",
-                    dtype=jnp.bfloat16, *, seed: int = 0) -> "SparseLinear":
+                    dtype=None, *, seed: int = 0) -> "SparseLinear":
         """Prune ``linear``'s kernel (in, out) to ``sparsity`` with ``method`` (see jax_flashllm.prune.METHODS)
-        and encode W = kernel.T as a SparseMatrix of ``dtype`` (float16 | bfloat16). The bias is kept as is."""
-        w = np.asarray(jax.device_get(linear.kernel[...])).T
+        and encode W = kernel.T as a SparseMatrix of ``dtype`` (float16 | bfloat16; None: the kernel's own
+        dtype when it is one of those, else bfloat16). The bias is kept as is."""
+        kernel = linear.kernel[...]
+        if dtype is None:
+            # A float16 model keeps float16 weights; a float32 one gets bfloat16 (same exponent range).
+            dtype = kernel.dtype if jnp.dtype(kernel.dtype) in (jnp.float16, jnp.bfloat16) else jnp.bfloat16
+        w = np.asarray(jax.device_get(kernel)).T
         w = _prune.prune(w, sparsity, method, seed=seed)
         bias = None if linear.bias is None else linear.bias[...]
         return cls(SparseMatrix.from_dense(w, dtype=dtype), bias)
@@ -179,13 +184,14 @@ def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
 
 
 def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", include: Selector = None,
-             exclude: Selector = None, dtype=jnp.bfloat16, seed: int = 0) -> SparsifyReport:
+             exclude: Selector = None, dtype=None, seed: int = 0) -> SparsifyReport:
     """Prune and replace ``nnx.Linear`` layers of ``model`` by SparseLinear layers, in place.
 
     include / exclude select layers by dotted path ("layers.0.self_attn.q_proj"): a regex searched in the
     path, a list of regexes, or a callable; default all Linear layers, none excluded. Embeddings and a tied
     LM head are not Linear layers and stay dense. method: "magnitude" | "magnitude_row" | "random" (layer i
-    uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights.
+    uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights; None: each Linear's own
+    parameter dtype when it is float16 | bfloat16, else bfloat16 (so a float32 model gets bfloat16).
     Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
     """
     take, drop = _matcher(include, True), _matcher(exclude, False)

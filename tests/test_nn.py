@@ -136,3 +136,17 @@ def test_sparse_linear_wraps_a_given_matrix():
     layer = SparseLinear(SparseMatrix.from_dense(w, dtype=jnp.float16))
     y = layer(jnp.ones((1, 70), jnp.float32))
     np.testing.assert_allclose(np.asarray(y)[0], w.sum(axis=1))
+
+
+@pytest.mark.parametrize("param_dtype,expected", [(jnp.float16, jnp.float16), (jnp.bfloat16, jnp.bfloat16),
+                                                  (jnp.float32, jnp.bfloat16)])
+def test_default_storage_dtype_follows_the_linear(param_dtype, expected):
+    linear = nnx.Linear(64, 48, param_dtype=param_dtype, rngs=nnx.Rngs(0))
+    assert SparseLinear.from_linear(linear, 0.5).weight.dtype == expected
+    assert SparseLinear.from_linear(linear, 0.5, dtype=jnp.float16).weight.dtype == jnp.float16
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0), dtype=param_dtype)
+    sparsify(model, 0.5)
+    assert model.layers[0].fc1.weight.dtype == expected
+    explicit = _model()
+    sparsify(explicit, 0.5, dtype=jnp.float16)
+    assert explicit.layers[0].fc1.weight.dtype == jnp.float16
