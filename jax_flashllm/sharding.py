@@ -237,6 +237,8 @@ def shard_sparse(w, mesh: Mesh, axis: str = "tp", kind: str = COLUMN, *, dtype=N
     _check_kind(kind)
     if axis not in mesh.shape:
         raise ValueError(f"mesh has no axis {axis!r} (axes: {tuple(mesh.shape)})")
+    if isinstance(w, ShardedSparseMatrix):
+        raise TypeError("shard_sparse: the weight is already sharded; shard the SparseMatrix it came from")
     if not isinstance(w, SparseMatrix):
         w = SparseMatrix.from_dense(w, dtype=dtype)
     shards = split_sparse(w, mesh.shape[axis], kind)
@@ -320,6 +322,12 @@ class ShardedSparseLinear(SparseLinear):
                self.axis, self.format_version)
         return ShardedSparseMatrix.tree_unflatten(aux, (values, self.locations[...], self.tile_offsets[...]))
 
+    def spec(self) -> dict:
+        """Not saveable: the arrays hold S padded encodings that SparseLinear.abstract cannot describe."""
+        raise ValueError(f"a {type(self).__name__} ({self.kind}-parallel over mesh axis {self.axis!r}) cannot "
+                         "be saved: save the model before shard_model / shard_linear, then shard the "
+                         "loaded model")
+
 
 def _bias_spec(kind: str, axis: str) -> P:
     # A column-parallel layer's bias follows its output features; a row-parallel one is added once, after
@@ -333,6 +341,9 @@ def shard_linear(layer, mesh: Mesh, axis: str = "tp", kind: str = COLUMN):
     "column", P(axis, None) for "row" — and XLA's SPMD partitioner splits the matmul the same way the
     sparse layers split theirs with shard_map."""
     _check_kind(kind)
+    if isinstance(layer, ShardedSparseLinear):
+        raise ValueError(f"shard_linear: the layer is already sharded ({layer.kind}-parallel over mesh axis "
+                         f"{layer.axis!r}); shard_model / shard_linear a model once")
     bias = None if layer.bias is None else jax.device_put(layer.bias[...],
                                                           NamedSharding(mesh, _bias_spec(kind, axis)))
     if isinstance(layer, SparseLinear):
@@ -375,6 +386,8 @@ def shard_model(model, mesh: Mesh, axis: str = "tp", *, vocab_parallel: bool = F
     """
     if axis not in mesh.shape:
         raise ValueError(f"mesh has no axis {axis!r} (axes: {tuple(mesh.shape)})")
+    if any(isinstance(m, ShardedSparseLinear) for _, m in nnx.iter_graph(model)):
+        raise ValueError("shard_model: the model is already sharded; shard_model a model once")
     # The model code is written in the global view and leaves the activations' (and KV cache's) sharding to
     # XLA's propagation, which needs Auto axes; jax.make_mesh makes Explicit ones by default.
     mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(jax.sharding.AxisType.Auto,) * len(mesh.axis_names))

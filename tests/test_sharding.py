@@ -10,10 +10,14 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from jax_flashllm import SparseMatrix, sparse_dense
 from jax_flashllm import _constants as C
-from jax_flashllm.sharding import pad_entries, shard_sparse, split_sparse
+from jax_flashllm.models.checkpoint import save_model
+from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
+from jax_flashllm.nn import sparsify
+from jax_flashllm.sharding import pad_entries, shard_linear, shard_model, shard_sparse, split_sparse
 from reference import DTYPES, assert_close_to_reference, random_sparse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -116,3 +120,24 @@ def multi_device_results():
 @pytest.mark.parametrize("name", list(sharding_cases.CASES))
 def test_on_four_devices(multi_device_results, name):
     assert multi_device_results.get(name) == "ok", multi_device_results.get(name, "case did not run")
+
+
+def _sharded_tiny_opt():
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.5, include="fc1")
+    return shard_model(model, jax.make_mesh((1,), ("tp",)), "tp")
+
+
+def test_save_model_rejects_a_sharded_model(tmp_path):
+    with pytest.raises(ValueError, match="before shard_model"):
+        save_model(_sharded_tiny_opt(), tmp_path / "m")
+
+
+def test_sharding_twice_is_rejected():
+    model = _sharded_tiny_opt()
+    with pytest.raises(ValueError, match="already sharded"):
+        shard_model(model, jax.make_mesh((1,), ("tp",)), "tp")
+    with pytest.raises(ValueError, match="already sharded"):
+        shard_linear(model.layers[0].fc1, jax.make_mesh((1,), ("tp",)), "tp")
+    with pytest.raises(TypeError, match="already sharded"):
+        shard_sparse(model.layers[0].fc1.weight, jax.make_mesh((1,), ("tp",)), "tp")
