@@ -8,17 +8,10 @@ set(FLASHLLM_EMU_SOURCES
   ${FLASHLLM_EMU_DIR}/ptx_emu.cc
   ${FLASHLLM_EMU_DIR}/emu_runtime.cc
   ${FLASHLLM_EMU_DIR}/emu_memory.cc
-  ${FLASHLLM_EMU_DIR}/emu_fiber.cc)
-# The kernel engineer's entry point (the emulated spmm), once it exists.
-set(FLASHLLM_EMU_SPMM_ENTRY ${FLASHLLM_EMU_DIR}/spmm_entry.cc)
-if(EXISTS ${FLASHLLM_EMU_SPMM_ENTRY})
-  list(APPEND FLASHLLM_EMU_SOURCES ${FLASHLLM_EMU_SPMM_ENTRY})
-endif()
+  ${FLASHLLM_EMU_DIR}/emu_fiber.cc
+  ${FLASHLLM_EMU_DIR}/spmm_entry.cc)  # the kernel's emulated spmm entry point
 
 nanobind_add_module(_flashllm_emu NB_STATIC ${FLASHLLM_EMU_SOURCES})
-if(EXISTS ${FLASHLLM_EMU_SPMM_ENTRY})
-  target_compile_definitions(_flashllm_emu PRIVATE FLASHLLM_HAVE_SPMM_ENTRY)
-endif()
 # FLASHLLM_EMU makes cuda/kernel/ptx.cuh pick the emulated wrappers; the kernel's headers are found
 # as "kernel/...", "emu/..." (relative to cuda/) and "flashllm/..." (the format header).
 target_compile_definitions(_flashllm_emu PRIVATE FLASHLLM_EMU)

@@ -1,7 +1,6 @@
 // The _flashllm_emu module: the CUDA kernel's source run under host emulation. Exposes the emulator's
 // configuration and counters, the single-warp probes of warp_probes.cc (for tests/test_emu_ptx.py)
-// and, when the kernel engineer's cuda/emu/spmm_entry.cc exists (CMake then defines
-// FLASHLLM_HAVE_SPMM_ENTRY), the emulated `spmm` entry point.
+// and the emulated `spmm` entry point of cuda/emu/spmm_entry.cc.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
 
@@ -16,9 +15,7 @@ namespace flashllm {
 namespace emu {
 void bind_warp_probes(nb::module_& m);
 }  // namespace emu
-#if defined(FLASHLLM_HAVE_SPMM_ENTRY)
 void emu_bind_spmm(nb::module_& m);
-#endif
 }  // namespace flashllm
 
 NB_MODULE(_flashllm_emu, m) {
@@ -44,9 +41,5 @@ NB_MODULE(_flashllm_emu, m) {
         "Largest dynamic shared memory a launch may request (default 101376, sm_86/89).");
   m.def("max_dynamic_smem", &emu::max_dynamic_smem);
   emu::bind_warp_probes(m);
-  m.attr("has_spmm") = false;
-#if defined(FLASHLLM_HAVE_SPMM_ENTRY)
   flashllm::emu_bind_spmm(m);
-  m.attr("has_spmm") = true;
-#endif
 }
