@@ -173,9 +173,15 @@ def _path_name(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module) -> None:
-    """Put ``layer`` at ``path`` (as yielded by nnx.iter_graph, e.g. ("layers", 0, "fc1")) inside ``model``."""
-    modules = dict(nnx.iter_graph(model))
+def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module, modules: dict | None = None) -> None:
+    """Put ``layer`` at ``path`` (as yielded by nnx.iter_graph, e.g. ("layers", 0, "fc1")) inside ``model``.
+
+    modules: ``dict(nnx.iter_graph(model))``, built once by a caller that replaces many layers; without it
+    every call walks the whole model, and replacing n layers costs O(n^2). Replacing leaf layers keeps the
+    map's parents valid.
+    """
+    if modules is None:
+        modules = dict(nnx.iter_graph(model))
     parent, attr = modules[path[:-1]], path[-1]
     if isinstance(attr, int):
         parent[attr] = layer
@@ -195,12 +201,13 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
     """
     take, drop = _matcher(include, True), _matcher(exclude, False)
-    chosen = [(path, m) for path, m in nnx.iter_graph(model)
+    modules = dict(nnx.iter_graph(model))
+    chosen = [(path, m) for path, m in modules.items()
               if isinstance(m, nnx.Linear) and take(_path_name(path)) and not drop(_path_name(path))]
     reports = []
     for i, (path, linear) in enumerate(chosen):
         sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i)
-        set_submodule(model, path, sparse)
+        set_submodule(model, path, sparse, modules)
         w = sparse.weight
         reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),
                                    w.nbytes))
@@ -210,5 +217,6 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
 def densify(model: nnx.Module, dtype=None) -> None:
     """Replace every SparseLinear of ``model`` by the equivalent dense nnx.Linear, in place (see
     ``SparseLinear.to_linear`` for ``dtype``)."""
-    for path, m in [(p, m) for p, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)]:
-        set_submodule(model, path, m.to_linear(dtype))
+    modules = dict(nnx.iter_graph(model))
+    for path, m in [(p, m) for p, m in modules.items() if isinstance(m, SparseLinear)]:
+        set_submodule(model, path, m.to_linear(dtype), modules)

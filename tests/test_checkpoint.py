@@ -191,3 +191,13 @@ def test_load_model_validates_sparse_layers(tmp_path, leaf, edit, message):
     _tamper(tmp_path / "m", f"layers.1.fc1.{leaf}", edit)
     with pytest.raises(CheckpointError, match=f"layers.1.fc1.*{message}"):
         load_model(tmp_path / "m")
+
+
+def test_load_model_walks_the_graph_once_for_all_sparse_layers(tmp_path, monkeypatch):
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.5)
+    save_model(model, tmp_path / "m")
+    walks, walk = [], nnx.iter_graph
+    monkeypatch.setattr(nnx, "iter_graph", lambda *a, **k: walks.append(1) or walk(*a, **k))
+    loaded = load_model(tmp_path / "m")
+    assert isinstance(loaded.layers[1].fc2, SparseLinear) and len(walks) == 1

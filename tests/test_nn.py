@@ -150,3 +150,25 @@ def test_default_storage_dtype_follows_the_linear(param_dtype, expected):
     explicit = _model()
     sparsify(explicit, 0.5, dtype=jnp.float16)
     assert explicit.layers[0].fc1.weight.dtype == jnp.float16
+
+
+def _count_graph_walks(monkeypatch) -> list:
+    """Count the nnx.iter_graph walks made through the nnx namespace (one walk costs O(model size))."""
+    calls, walk = [], nnx.iter_graph
+
+    def counting(node, *args, **kwargs):
+        calls.append(1)
+        return walk(node, *args, **kwargs)
+
+    monkeypatch.setattr(nnx, "iter_graph", counting)
+    return calls
+
+
+def test_sparsify_and_densify_walk_the_graph_once(monkeypatch):
+    # One walk per replaced layer would make replacing n layers cost O(n^2) (seconds for opt-175b).
+    model = _model()
+    calls = _count_graph_walks(monkeypatch)
+    report = sparsify(model, 0.5)
+    assert len(report.layers) > 2 and len(calls) == 1
+    densify(model)
+    assert len(calls) == 2

@@ -197,8 +197,11 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     if jnp.dtype(embedding_dtype) != jnp.dtype(meta["dtype"]):
         model.cast_embeddings(embedding_dtype)
     specs = {tuple(spec["path"]): spec for spec in json.loads(meta["sparse_layers"]).values()}
+    modules = dict(nnx.iter_graph(model))
     for path, spec in specs.items():
-        set_submodule(model, path, SparseLinear.abstract(spec))
+        if path[:-1] not in modules:
+            raise CheckpointError(f"{file}: sparse layer {_key(path)} has no place in the model")
+        set_submodule(model, path, SparseLinear.abstract(spec), modules)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     keys = set(handle.keys())
