@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_flashllm import _constants as C
 from jax_flashllm.format import SparseMatrix
-from jax_flashllm.nn import SparseIndex, SparseLinear
+from jax_flashllm.nn import SparseLinear
 from jax_flashllm.ops import sparse_dense
 
 __all__ = ["COLUMN", "ROW", "OPT_PLAN", "ShardedSparseMatrix", "ShardedSparseLinear", "shard_sparse",
@@ -198,18 +198,23 @@ class ShardedSparseMatrix:
         """Shard s as a standalone SparseMatrix (fetched to the host)."""
         return self.local(*(_host(a)[s:s + 1] for a in (self.values, self.locations, self.tile_offsets)))
 
+    def _shards(self) -> list[SparseMatrix]:
+        """Every shard as a standalone SparseMatrix, each of the three arrays fetched to the host once."""
+        values, locations, offsets = (_host(a) for a in (self.values, self.locations, self.tile_offsets))
+        return [self.local(values[s:s + 1], locations[s:s + 1], offsets[s:s + 1]) for s in range(self.num_shards)]
+
     def validate(self) -> "ShardedSparseMatrix":
         """Check every shard is a valid Tiled-CSL matrix; returns self."""
-        for s in range(self.num_shards):
+        for s, shard in enumerate(self._shards()):
             try:
-                self.shard(s).validate()
+                shard.validate()
             except ValueError as e:
                 raise ValueError(f"shard {s} of {self.num_shards}: {e}") from e
         return self
 
     def to_dense(self) -> jax.Array:
         """The whole dense (M, K) matrix (for tests and reference paths; gathers every shard)."""
-        blocks = [self.shard(s).to_dense() for s in range(self.num_shards)]
+        blocks = [shard.to_dense() for shard in self._shards()]
         return jnp.concatenate(blocks, axis=0 if self.kind == COLUMN else 1)
 
     @property
@@ -307,12 +312,7 @@ class ShardedSparseLinear(SparseLinear):
     locations, tile_offsets, bias), arrays with a leading shard axis placed over the mesh axis."""
 
     def __init__(self, weight: ShardedSparseMatrix, bias: jax.Array | None = None):
-        self.values = nnx.Param(weight.values)
-        self.locations = SparseIndex(weight.locations)
-        self.tile_offsets = SparseIndex(weight.tile_offsets)
-        self.bias = None if bias is None else nnx.Param(bias)
-        self.out_features, self.in_features = weight.shape
-        self.format_version = weight.version
+        super().__init__(weight, bias)  # jnp.asarray keeps the arrays' placement on the mesh
         self.kind, self.mesh, self.axis = weight.kind, weight.mesh, weight.axis
 
     @property

@@ -29,7 +29,8 @@ import jax_flashllm as jf  # noqa: E402
 from jax_flashllm.generate import generate  # noqa: E402
 from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM  # noqa: E402
 from jax_flashllm.nn import sparsify  # noqa: E402
-from jax_flashllm.sharding import ShardedSparseLinear, shard_model, shard_sparse  # noqa: E402
+from jax_flashllm import sharding  # noqa: E402
+from jax_flashllm.sharding import ShardedSparseLinear, ShardedSparseMatrix, shard_model, shard_sparse  # noqa: E402
 from reference import DTYPES, dense_rounding_error, random_sparse, reference_matmul  # noqa: E402
 
 CASES = {}
@@ -104,6 +105,30 @@ def shards_are_valid_and_round_trip():
         assert sw.values.shape[0] == 4 and sw.values.sharding.spec[0] == "tp"
         np.testing.assert_array_equal(np.asarray(sw.to_dense()), np.asarray(s.to_dense()))
         assert sum(sw.shard(i).nnz for i in range(4)) == s.nnz
+
+
+@case
+def validate_and_to_dense_fetch_each_array_once():
+    w = random_sparse(np.random.default_rng(2), (256, 256), 0.8, DTYPES[0])
+    sw = shard_sparse(jf.SparseMatrix.from_dense(w), _mesh(4), "tp", "column")
+    fetches, host = [], sharding._host  # the module's one device-to-host fetch
+    sharding._host = lambda a: fetches.append(1) or host(a)
+    try:
+        sw.validate()
+        assert len(fetches) == 3, f"validate fetched {len(fetches)} arrays, not 3"  # not 3 per shard
+        np.testing.assert_array_equal(np.asarray(sw.to_dense()), w)
+        assert len(fetches) == 6, f"to_dense fetched {len(fetches) - 3} arrays, not 3"
+    finally:
+        sharding._host = host
+    offsets = np.asarray(sw.tile_offsets).copy()
+    offsets[2, 1] += 8  # shard 2's first tile overlaps its second
+    bad = ShardedSparseMatrix(sw.values, sw.locations, offsets, sw.shape, sw.dtype, sw.kind, sw.mesh, sw.axis)
+    try:
+        bad.validate()
+    except ValueError as e:
+        assert str(e).startswith("shard 2 of 4: "), e
+    else:
+        raise AssertionError("a corrupt shard passed validate()")
 
 
 @case
