@@ -24,11 +24,7 @@ namespace {
 
 #include "cpu/x86_vec.inc"
 
-// No bf16 dot product in this variant: tile_task never takes the dense-tile path for N >= 2.
-template <int NC>
-bool dense_bf16_available() { return false; }
-template <int NC>
-void dense_bf16_tile(const uint16_t*, const float*, float*) {}
+#include "cpu/no_dense_bf16.inc"
 
 #include "cpu/tile_kernel.inc"
 
