@@ -176,6 +176,7 @@ def main(argv=None) -> int:
           f"{copy_gbs:.1f} GB/s, load {info['load_avg_start'][0]}")
     rng = np.random.default_rng(0)
     rows = []
+    stem = args.out / f"spmm_{platform}"
     for dtype_name in dtypes:
         for label, m, k in shapes:
             for sparsity in sparsities:
@@ -183,9 +184,10 @@ def main(argv=None) -> int:
                 for row in bench_case(rng, m, k, sparsity, dtype_name, ns, cache_bytes, copy_gbs, budget,
                                       with_bcsr=not args.no_bcsr):
                     rows.append({"layer": label, **row})
+            # Rows so far, after every shape: a run cut short by a time limit (gpu-check) keeps them.
+            common.write_json(stem.with_suffix(".json"), {"machine": info, "baselines": BASELINES, "rows": rows})
     info = common.finish_machine_info(info)
     payload = {"machine": info, "baselines": BASELINES, "rows": rows}
-    stem = args.out / f"spmm_{platform}"
     common.write_json(stem.with_suffix(".json"), payload)
     report.write_spmm_report(payload, stem)
     return 0
