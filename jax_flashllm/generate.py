@@ -1,9 +1,11 @@
 """Compiled text generation for decoder models with an explicit KV cache (OPTForCausalLM).
 
 - ``generate(model, input_ids, ...)``: prefill and the whole decode loop (``lax.while_loop``) in one jitted
-  function; the cache is donated, so XLA updates it in place.
+  function; the KV cache is created inside it (so it is laid out like the model's sharding) and updated
+  in place by the loop.
 - ``stream(model, input_ids, ...)``: the step-wise form for streaming: one jitted prefill, then one jitted
-  step per token, yielding each token as it is produced. Same tokens as ``generate``.
+  step per token, yielding each token as it is produced; each step donates the cache to the next. Same
+  tokens as ``generate``.
 
 Jitted functions take ``nnx.split(model)`` (graphdef static, state traced), never the model itself. Prompts
 are left-padded: ``attention_mask`` (B, T) is 0 on the padding at the start of a row. Finished rows (after
@@ -25,7 +27,7 @@ from jax_flashllm.sampling import make_sampler, mask_vocab
 
 __all__ = ["Decoding", "generate", "stream", "prefill", "decode_step"]
 
-_STATIC = ("graphdef", "sampler", "vocab", "eos", "pad")
+_STATIC = ("graphdef", "sampler", "vocab", "eos", "pad", "slots")
 
 
 def _next_token(model, h, key, sampler, vocab):
@@ -38,7 +40,10 @@ def _is_eos(token, eos):
     return token == eos if eos >= 0 else jnp.zeros(token.shape, bool)
 
 
-def _prefill(model, input_ids, valid, cache, key, sampler, vocab, eos):
+def _prefill(model, input_ids, valid, key, sampler, vocab, eos, slots):
+    # The cache is born inside the jitted prefill, so XLA places it where the model's sharding puts the
+    # attention heads instead of first materializing it whole on one device.
+    cache = KVCache.zeros(model.config, input_ids.shape[0], slots, model.dtype)
     h, cache = model.decode(input_ids, cache, 0, valid)
     token = _next_token(model, h[:, -1:], jax.random.fold_in(key, 0), sampler, vocab)
     return token, _is_eos(token, eos), cache
@@ -52,11 +57,11 @@ def _step(model, i, token, done, cache, key, start, sampler, vocab, eos, pad):
     return token, done | _is_eos(token, eos), cache
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ("max_new_tokens",), donate_argnames=("cache",))
-def _generate(graphdef, state, input_ids, valid, cache, key, *, max_new_tokens, sampler, vocab, eos, pad):
+@functools.partial(jax.jit, static_argnames=_STATIC + ("max_new_tokens",))
+def _generate(graphdef, state, input_ids, valid, key, *, max_new_tokens, sampler, vocab, eos, pad, slots):
     model = nnx.merge(graphdef, state)
     batch, start = input_ids.shape
-    token, done, cache = _prefill(model, input_ids, valid, cache, key, sampler, vocab, eos)
+    token, done, cache = _prefill(model, input_ids, valid, key, sampler, vocab, eos, slots)
     out = jnp.full((batch, max_new_tokens), pad, jnp.int32).at[:, 0].set(token)
 
     def cond(carry):
@@ -69,19 +74,20 @@ def _generate(graphdef, state, input_ids, valid, cache, key, *, max_new_tokens, 
         out = jax.lax.dynamic_update_slice(out, token[:, None], (0, i))
         return i + 1, token, done, out, cache
 
-    _, _, _, out, cache = jax.lax.while_loop(cond, body, (jnp.int32(1), token, done, out, cache))
-    # Returning the cache lets XLA alias it to the donated input buffer (nothing to copy).
-    return out, cache
+    # The cache never leaves this function: the loop updates it in place.
+    return jax.lax.while_loop(cond, body, (jnp.int32(1), token, done, out, cache))[3]
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("cache",))
-def _prefill_jit(graphdef, state, input_ids, valid, cache, key, *, sampler, vocab, eos, pad):
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _prefill_jit(graphdef, state, input_ids, valid, key, *, sampler, vocab, eos, pad, slots):
     del pad
-    return _prefill(nnx.merge(graphdef, state), input_ids, valid, cache, key, sampler, vocab, eos)
+    return _prefill(nnx.merge(graphdef, state), input_ids, valid, key, sampler, vocab, eos, slots)
 
 
+# The step API hands the cache from call to call: donating it lets XLA update it in place.
 @functools.partial(jax.jit, static_argnames=_STATIC, donate_argnames=("cache",))
-def _step_jit(graphdef, state, i, token, done, cache, key, start, *, sampler, vocab, eos, pad):
+def _step_jit(graphdef, state, i, token, done, cache, key, start, *, sampler, vocab, eos, pad, slots):
+    del slots
     return _step(nnx.merge(graphdef, state), i, token, done, cache, key, start, sampler, vocab, eos, pad)
 
 
@@ -105,9 +111,8 @@ def _prepare(model, input_ids, attention_mask, max_new_tokens, temperature, top_
                          f"model's {cfg.max_position_embeddings} positions")
     static = dict(sampler=make_sampler(temperature, top_k, top_p),
                   vocab=cfg.sampling_vocab_size or cfg.vocab_size,
-                  eos=-1 if eos_token_id is None else int(eos_token_id), pad=int(cfg.pad_token_id))
-    cache = KVCache.zeros(cfg, input_ids.shape[0], slots, model.dtype)
-    return input_ids, valid, cache, jax.random.key(seed), static
+                  eos=-1 if eos_token_id is None else int(eos_token_id), pad=int(cfg.pad_token_id), slots=slots)
+    return input_ids, valid, jax.random.key(seed), static
 
 
 def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int, temperature: float = 0.0,
@@ -119,11 +124,10 @@ def generate(model, input_ids, attention_mask=None, *, max_new_tokens: int, temp
     top_p (1.0: off), reproducible for a given seed. eos_token_id None or negative: never stop early.
     Returns (B, max_new_tokens) int32; positions after a row's EOS hold the model's pad id.
     """
-    input_ids, valid, cache, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
-                                                    temperature, top_k, top_p, seed, eos_token_id)
+    input_ids, valid, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
+                                             temperature, top_k, top_p, seed, eos_token_id)
     graphdef, state = nnx.split(model)
-    out, _ = _generate(graphdef, state, input_ids, valid, cache, key, max_new_tokens=max_new_tokens, **static)
-    return out
+    return _generate(graphdef, state, input_ids, valid, key, max_new_tokens=max_new_tokens, **static)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,10 +151,10 @@ def prefill(model, input_ids, attention_mask=None, *, max_new_tokens: int, tempe
             top_k: int = 0, top_p: float = 1.0, seed: int = 0, eos_token_id: int | None = 2) -> Decoding:
     """First half of the step-wise API: run the prompt (one jitted call) and pick the first token.
     Arguments as for ``generate``; ``.token`` of the result is that first token."""
-    input_ids, valid, cache, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
-                                                    temperature, top_k, top_p, seed, eos_token_id)
+    input_ids, valid, key, static = _prepare(model, input_ids, attention_mask, max_new_tokens,
+                                             temperature, top_k, top_p, seed, eos_token_id)
     graphdef, state = nnx.split(model)
-    token, done, cache = _prefill_jit(graphdef, state, input_ids, valid, cache, key, **static)
+    token, done, cache = _prefill_jit(graphdef, state, input_ids, valid, key, **static)
     return Decoding(token, done, cache, 1, max_new_tokens, graphdef, state, key,
                     jnp.int32(input_ids.shape[1]), static)
 
