@@ -12,6 +12,26 @@ from jax_flashllm.primitive import choose_split_k, spmm
 __all__ = ["sparse_dense"]
 
 
+def check_inputs(x, shape, dtype, bias):
+    """The argument checks of sparse_dense, shared with its sharded form. Returns (x, bias) as arrays.
+
+    x: (..., K) of `dtype`; shape: the weight's (M, K); bias: None or (M,)."""
+    x = jnp.asarray(x)
+    m, k = shape
+    if x.ndim < 1:
+        raise ValueError(f"sparse_dense: x must have shape (..., {k}), got a scalar")
+    if x.shape[-1] != k:
+        raise ValueError(f"sparse_dense: x has {x.shape[-1]} features, the weight {tuple(shape)} expects {k}")
+    if x.dtype != dtype:
+        raise TypeError(f"sparse_dense: x is {x.dtype} but the weight is {dtype}; cast one of them "
+                        "(the kernel multiplies equal 16-bit types)")
+    if bias is not None:
+        bias = jnp.asarray(bias)
+        if bias.shape != (m,):
+            raise ValueError(f"sparse_dense: bias must have shape ({m},), got {bias.shape}")
+    return x, bias
+
+
 def sparse_dense(x, w: SparseMatrix, bias=None):
     """y = x @ w.to_dense().T + bias, reading only w's nonzeros.
 
@@ -28,15 +48,8 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
         if isinstance(w, sharding.ShardedSparseMatrix):
             return sharding.sharded_sparse_dense(x, w, bias)
         raise TypeError(f"sparse_dense expects a SparseMatrix weight, got {type(w).__name__}")
-    x = jnp.asarray(x)
+    x, bias = check_inputs(x, w.shape, w.values.dtype, bias)
     m, k = w.shape
-    if x.ndim < 1:
-        raise ValueError(f"sparse_dense: x must have shape (..., {k}), got a scalar")
-    if x.shape[-1] != k:
-        raise ValueError(f"sparse_dense: x has {x.shape[-1]} features, the weight {w.shape} expects {k}")
-    if x.dtype != w.values.dtype:
-        raise TypeError(f"sparse_dense: x is {x.dtype} but the weight is {w.values.dtype}; cast one of them "
-                        "(the kernel multiplies equal 16-bit types)")
     lead = x.shape[:-1]
     n = math.prod(lead)
     if n == 0:
@@ -46,8 +59,5 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
                  split_k=choose_split_k(m, k, n))
         y = y.reshape(*lead, m)
     if bias is not None:
-        bias = jnp.asarray(bias)
-        if bias.shape != (m,):
-            raise ValueError(f"sparse_dense: bias must have shape ({m},), got {bias.shape}")
         y = y + bias.astype(y.dtype)
     return y

@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from jax_flashllm import _constants as C
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.nn import SparseLinear
-from jax_flashllm.ops import sparse_dense
+from jax_flashllm.ops import check_inputs, sparse_dense
 
 __all__ = ["COLUMN", "ROW", "OPT_PLAN", "ShardedSparseMatrix", "ShardedSparseLinear", "shard_sparse",
            "split_sparse", "pad_entries", "sharded_sparse_dense", "shard_linear", "shard_model"]
@@ -269,12 +269,7 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
       row-parallel — replicated, after one psum of the per-device partial outputs. The partials are summed
       in float32 (decode activations are small, and each partial is already rounded to x's dtype once).
     """
-    x = jnp.asarray(x)
-    m, k = w.shape
-    if x.ndim < 1 or x.shape[-1] != k:
-        raise ValueError(f"sparse_dense: x must have shape (..., {k}) for the weight {w.shape}, got {x.shape}")
-    if x.dtype != w.dtype:
-        raise TypeError(f"sparse_dense: x is {x.dtype} but the weight is {w.dtype}; cast one of them")
+    x, bias = check_inputs(x, w.shape, w.dtype, bias)
     lead = (None,) * (x.ndim - 1)
     if w.kind == COLUMN:
         x_spec, y_spec, b_spec = P(*lead, None), P(*lead, w.axis), P(w.axis)
@@ -284,9 +279,6 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
     args = [x, w.values, w.locations, w.tile_offsets]
     specs = [x_spec, w_spec, w_spec, w_spec]
     if bias is not None:
-        bias = jnp.asarray(bias)
-        if bias.shape != (m,):
-            raise ValueError(f"sparse_dense: bias must have shape ({m},), got {bias.shape}")
         args.append(bias)
         specs.append(b_spec)
 
