@@ -3,11 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# Build tools first (the extension is built without isolation against the venv's jaxlib headers),
-# then the runtime and test dependencies.
-BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja
-RUN_DEPS   := "jax>=0.10" "jaxlib>=0.10" numpy ml_dtypes "flax>=0.11" "safetensors>=0.4" tqdm
-TEST_DEPS  := pytest hypothesis matplotlib tokenizers
+# The extension is built without isolation, against the venv's jaxlib headers, so pyproject.toml's
+# [build-system] requirements go in first; runtime, test and benchmark dependencies come from
+# pyproject.toml itself (extras test, bench).
+BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja "jax>=0.10" "jaxlib>=0.10"
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
 .PHONY: demo test install gpu-check bench bench-quick clean
@@ -24,13 +23,13 @@ install: $(VENV)/.installed
 $(VENV)/.deps: Makefile pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(BUILD_DEPS) $(RUN_DEPS) $(TEST_DEPS)
+	$(PIP) install -q $(BUILD_DEPS)
 	touch $@
 
 # Editable install with a fixed CMake build dir (pyproject.toml): re-running only rebuilds what changed.
 # CMAKE_ARGS in the environment reaches CMake (e.g. CMAKE_ARGS=-DCMAKE_CUDA_ARCHITECTURES=90-real).
 $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SRC)
-	$(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
