@@ -7,6 +7,13 @@
 # Build time: every (tiling config, dtype) instantiation is its own small .cu under
 # cuda/kernel/inst/, so the 8 x 5 device compilations spread over the available cores.
 
+# -DFLASHLLM_CUDA=OFF skips the CUDA kernel even where nvcc exists (quick CPU-only development builds).
+option(FLASHLLM_CUDA "Build the CUDA kernel when nvcc is found" ON)
+if(NOT FLASHLLM_CUDA)
+  message(STATUS "FLASHLLM_CUDA=OFF: building without the CUDA kernel (_flashllm_cuda)")
+  return()
+endif()
+
 include(CheckLanguage)
 check_language(CUDA)
 if(NOT CMAKE_CUDA_COMPILER)
