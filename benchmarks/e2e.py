@@ -1,19 +1,23 @@
-"""End-to-end benchmark: OPT decode tokens/s, prefill time and peak memory, dense float32 vs sparse bf16
-(every Linear layer pruned and encoded) at 50-90 %, with random weights of the published shapes.
+"""End-to-end benchmark: OPT decode tokens/s and memory, ours (dense and sparse bf16) against HuggingFace
+transformers + PyTorch dense on the CPU, random weights of the published shapes.
 
-    python -m benchmarks.e2e --quick   # opt-125m dense / 50 / 80 / 90 %, opt-350m dense / 80 %
-    python -m benchmarks.e2e           # opt-125m and opt-350m, dense and every sparsity
+    python -m benchmarks.e2e --quick     # opt-125m and opt-350m: HF f32 / bf16, ours dense f32, 50 %, 80 %
+    python -m benchmarks.e2e             # the same with every sparsity 50-90 % and two rounds
+    python -m benchmarks.e2e --profile   # where a decode step's time goes (benchmarks/profile.py)
 
-Each configuration runs in its own process, so its peak resident memory (ru_maxrss) is its own. Writes
+Every configuration runs in its own process (its threads, its memory), configurations alternate in rounds,
+and both sides get the same prompt (batch 1, 32 tokens), the same number of new tokens, greedy, EOS
+disabled. Decode tokens/s = (new tokens - 1) / (time of generate(new tokens) - time of generate(1)): the
+whole loop as users run it (ours: one jitted while_loop), prefill and first token excluded; medians over
+repeats. Memory = weights (every array the model holds: parameters, buffers, sparse indices; a tied head
+counted once) + the KV cache of the run. The HF side needs the `peer` extra. Writes
 <out>/e2e_<platform>.json and e2e_<platform>.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -24,142 +28,185 @@ import numpy as np
 from benchmarks import common
 
 SIZES = ("opt-125m", "opt-350m")
-SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
-QUICK = {"opt-125m": (None, 0.5, 0.8, 0.9), "opt-350m": (None, 0.8)}
+# A configuration: "hf-float32" | "hf-bfloat16" (the peer), "ours-f32" (dense float32 nnx.Linear),
+# "ours-<sparsity>" (every Linear pruned to it, bf16 Tiled-CSL).
+PEERS = ("hf-float32", "hf-bfloat16")
+QUICK = PEERS + ("ours-f32", "ours-0.5", "ours-0.8")
+FULL = PEERS + ("ours-f32", "ours-0.5", "ours-0.6", "ours-0.7", "ours-0.8", "ours-0.9")
 PROMPT_LEN = 32
 BATCH = 1
+REPEATS = 3
 
 
-def _rss_mib() -> float:
-    """Current resident memory of this process (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+def prompt_ids(vocab: int) -> np.ndarray:
+    """The prompt both sides decode from: (BATCH, PROMPT_LEN) ids of real tokens (not specials)."""
+    return np.random.default_rng(0).integers(4, vocab - 1, (BATCH, PROMPT_LEN)).astype(np.int32)
 
 
-def run_config(size: str, sparsity: float | None, steps: int) -> dict:
-    """Builds the model (sparsity None: dense float32), compiles, then measures prefill and decode."""
+def _model_bytes(model) -> int:
+    from flax import nnx
+
+    return sum(int(v.get_value().nbytes) for _, v in nnx.to_flat_state(nnx.state(model)))
+
+
+def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> dict:
+    """kind: "f32" (dense float32) or a sparsity ("0.8"). Builds the model, compiles, times generate."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from jax_flashllm.generate import decode_step, prefill
-    from jax_flashllm.models import OPTConfig, OPTForCausalLM
-    from jax_flashllm.nn import sparsify
+    from jax_flashllm.generate import generate
+    from jax_flashllm.models import KVCache, OPTConfig, OPTForCausalLM
+    from jax_flashllm.nn import SparseLinear, sparsify
 
     cfg = OPTConfig.from_name(size)
     model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
-    linear_bytes = sum(int(m.kernel[...].nbytes) for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Linear))
-    if sparsity is not None:
-        report = sparsify(model, sparsity)
-        linear_bytes = report.sparse_bytes
-    ids = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size - 1, (BATCH, PROMPT_LEN)), jnp.int32)
-    kw = dict(max_new_tokens=steps + 1, eos_token_id=None)
+    if kind != "f32":
+        sparsify(model, float(kind))
+    linear = [m for _, m in nnx.iter_graph(model) if isinstance(m, (nnx.Linear, SparseLinear))]
+    linear_bytes = sum(m.weight.nbytes if isinstance(m, SparseLinear) else m.kernel[...].nbytes for m in linear)
+    ids = jnp.asarray(prompt_ids(cfg.vocab_size))
+
+    def timed(n):
+        t = time.perf_counter()
+        jax.block_until_ready(generate(model, ids, max_new_tokens=n, eos_token_id=None))
+        return time.perf_counter() - t
 
     t = time.perf_counter()
-    d = prefill(model, ids, **kw)
-    d = decode_step(d)
-    jax.block_until_ready(d.token)
+    timed(1), timed(new_tokens)
     compile_s = time.perf_counter() - t
-
-    prefill_s = []
-    for _ in range(3):
-        t = time.perf_counter()
-        d = prefill(model, ids, **kw)
-        jax.block_until_ready(d.token)
-        prefill_s.append(time.perf_counter() - t)
-    step_s = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        d = decode_step(d)
-        jax.block_until_ready(d.token)
-        step_s.append(time.perf_counter() - t)
-    step_med = float(np.median(step_s))
-    gc.collect()
-    # What the process holds in arrays while decoding (weights, KV cache, ...): unlike RSS, not inflated by
-    # the dense float32 model the sparse one was pruned from, whose freed pages malloc may keep.
-    live_bytes = sum(a.nbytes for a in jax.live_arrays())
+    first, full = [], []
+    for _ in range(repeats):
+        first.append(timed(1))
+        full.append(timed(new_tokens))
+    decode_s = float(np.median(full)) - float(np.median(first))
+    cache = jax.eval_shape(lambda: KVCache.zeros(cfg, BATCH, PROMPT_LEN + new_tokens, model.compute_dtype))
+    cache_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in (*cache.k, *cache.v))
     return {
-        "size": size, "sparsity": sparsity, "batch": BATCH, "prompt_len": PROMPT_LEN, "decode_steps": steps,
-        "linear_weight_mib": round(linear_bytes / 2**20, 1), "compile_s": round(compile_s, 2),
-        "prefill_ms": round(1e3 * float(np.median(prefill_s)), 2),
-        "decode_ms_per_token": round(1e3 * step_med, 3), "decode_tokens_per_s": round(BATCH / step_med, 2),
-        "live_arrays_mib": round(live_bytes / 2**20, 1),
-        "rss_decoding_mib": round(_rss_mib(), 1),
-        # The peak includes building the model: the sparse one is pruned from a dense float32 model.
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "impl": "ours dense f32" if kind == "f32" else f"ours sparse {float(kind):.0%}",
+        "sparsity": None if kind == "f32" else float(kind), "compute_dtype": jnp.dtype(model.compute_dtype).name,
+        "compile_s": round(compile_s, 2), "prefill_ms": round(1e3 * float(np.median(first)), 2),
+        "decode_tokens_per_s": round(BATCH * (new_tokens - 1) / decode_s, 2),
+        "linear_mib": round(linear_bytes / 2**20, 1), "weight_mib": round(_model_bytes(model) / 2**20, 1),
+        "kv_cache_mib": round(cache_bytes / 2**20, 2),
     }
+
+
+def run_config(size: str, config: str, new_tokens: int) -> dict:
+    """One configuration in this process (the worker side)."""
+    if config.startswith("hf-"):
+        from benchmarks import hf_peer
+        from jax_flashllm.models import OPTConfig
+
+        row = hf_peer.run(size, config[3:], prompt_ids(OPTConfig.from_name(size).vocab_size), new_tokens)
+    else:
+        row = run_ours(size, config[5:], new_tokens)
+    row.update(size=size, config=config, batch=BATCH, prompt_len=PROMPT_LEN, new_tokens=new_tokens)
+    row["memory_mib"] = round(row["weight_mib"] + row["kv_cache_mib"], 1)
+    return row
+
+
+def _worker(size: str, config: str, new_tokens: int) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--worker", size, config,
+                           "--new-tokens", str(new_tokens)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"{size} {config} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per (size, config): median tokens/s over rounds; speed and memory against the HF peer."""
+    out = []
+    for key in dict.fromkeys((r["size"], r["config"]) for r in rows):
+        runs = [r for r in rows if (r["size"], r["config"]) == key]
+        row = dict(runs[0])
+        row["decode_tokens_per_s_runs"] = [r["decode_tokens_per_s"] for r in runs]
+        row["decode_tokens_per_s"] = round(float(np.median(row["decode_tokens_per_s_runs"])), 2)
+        out.append(row)
+    for row in out:
+        peers = {r["config"]: r for r in out if r["size"] == row["size"] and r["config"] in PEERS}
+        if peers:
+            best = max(peers.values(), key=lambda r: r["decode_tokens_per_s"])
+            row["hf_best"] = best["config"]
+            row["vs_hf_best"] = round(row["decode_tokens_per_s"] / best["decode_tokens_per_s"], 3)
+        if "hf-bfloat16" in peers:
+            row["memory_vs_hf_bf16"] = round(row["memory_mib"] / peers["hf-bfloat16"]["memory_mib"], 3)
+    return out
 
 
 def markdown(payload) -> str:
     m = payload["machine"]
-    out = [f"Machine: {m['cpu']}, {m['cores']} cores; jax {m['jax']}; CPU kernel `{m['cpu_kernel_isa']}`; commit "
-           f"{m['git_commit']}; {m['date_utc']}; load average {m['load_avg_start'][0]} -> "
+    out = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']}; CPU kernel "
+           f"`{m['cpu_kernel_isa']}`; torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}; "
+           f"commit {m['git_commit']}; {m['date_utc']}; load average {m['load_avg_start'][0]} -> "
            f"{m['load_avg_end'][0]}.", ""]
     if m.get("note"):
         out += [f"Note: {m['note']}.", ""]
-    out += [f"Command: `{m['command']}`. Batch {BATCH}, prompt {PROMPT_LEN} tokens, random weights; decode = "
-            "median time of one jitted decode step; sparse = every Linear layer bf16 Tiled-CSL (embeddings and "
-            "the tied LM head stay dense float32). Live arrays: bytes of all jax arrays alive while decoding (weights, "
-            "KV cache). RSS decoding: resident memory during decode; peak RSS includes "
-            "building the model (the sparse one is pruned from a dense float32 model first). Target: sparse decode "
-            ">= 2x dense at 80 %.", ""]
+    out += [f"Command: `{m['command']}`. Batch {BATCH}, prompt {PROMPT_LEN} tokens, "
+            f"{payload['new_tokens']} new tokens, greedy, EOS disabled, random weights; each configuration in "
+            f"its own process, {payload['rounds']} round(s) alternating. Decode tok/s = (new - 1) / "
+            "(generate(new) - generate(1)), medians. Weights: every array the model holds (tied head once); "
+            "memory = weights + KV cache. vs HF = against the faster of HF float32 / bfloat16; memory against "
+            "HF bfloat16.", ""]
     rows = []
     for r in payload["rows"]:
-        dense = next((d for d in payload["rows"] if d["size"] == r["size"] and d["sparsity"] is None), None)
-        speed = r["decode_tokens_per_s"] / dense["decode_tokens_per_s"] if dense else None
-        rows.append([r["size"], "dense f32" if r["sparsity"] is None else f"sparse {r['sparsity']:.0%}",
-                     f"{r['linear_weight_mib']:.1f}", f"{r['prefill_ms']:.1f}", f"{r['decode_tokens_per_s']:.1f}",
-                     f"{speed:.2f}x" if speed else "—", f"{r.get('live_arrays_mib', float('nan')):.0f}",
-                     f"{r['rss_decoding_mib']:.0f}", f"{r['peak_rss_mib']:.0f}",
-                     f"{r['compile_s']:.1f}"])
-    out.append(common.markdown_table(["model", "weights", "Linear MiB", "prefill ms", "decode tok/s",
-                                      "vs dense f32", "live arrays MiB", "RSS decoding MiB", "peak RSS MiB", "compile s"], rows))
+        rows.append([r["size"], r["impl"], f"{r['decode_tokens_per_s']:.1f}",
+                     f"{r['vs_hf_best']:.2f}x" if "vs_hf_best" in r else "—",
+                     f"{r['weight_mib']:.0f}", f"{r['kv_cache_mib']:.1f}", f"{r['memory_mib']:.0f}",
+                     f"{r['memory_vs_hf_bf16']:.2f}x" if "memory_vs_hf_bf16" in r else "—",
+                     f"{r['prefill_ms']:.0f}"])
+    out.append(common.markdown_table(["model", "implementation", "decode tok/s", "vs HF", "weights MiB",
+                                      "KV cache MiB", "memory MiB", "memory vs HF bf16", "prefill ms"], rows))
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--profile", action="store_true", help="decode-step profile instead (benchmarks/profile.py)")
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES))
+    ap.add_argument("--configs", nargs="+", default=None, help=f"subset of {FULL}")
+    ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 1 quick, 2 full)")
+    ap.add_argument("--new-tokens", type=int, default=33)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
-    ap.add_argument("--steps", type=int, default=None, help="decode steps timed per configuration")
-    ap.add_argument("--worker", nargs=2, metavar=("SIZE", "SPARSITY"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    steps = args.steps or (16 if args.quick else 32)
+    ap.add_argument("--worker", nargs=2, metavar=("SIZE", "CONFIG"), help=argparse.SUPPRESS)
+    args, rest = ap.parse_known_args(argv)
+    if args.profile:
+        from benchmarks import profile
+
+        return profile.main(rest + (["--quick"] if args.quick else []) + ["--out", str(args.out)])
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.worker:
-        size, sp = args.worker
-        print(json.dumps(run_config(size, None if sp == "dense" else float(sp), steps)))
+        print(json.dumps(run_config(*args.worker, args.new_tokens)))
         return 0
 
     import jax
 
     info = common.machine_info()
-    info["command"] = "python -m benchmarks.e2e" + (" --quick" if args.quick else "")
-    plan = QUICK if args.quick else {s: (None, *SPARSITIES) for s in SIZES}
+    info["command"] = "python -m benchmarks.e2e" + (" " + " ".join(argv if argv is not None else sys.argv[1:])
+                                                     if (argv if argv is not None else sys.argv[1:]) else "")
+    configs = args.configs or (QUICK if args.quick else FULL)
+    rounds = args.rounds or (1 if args.quick else 2)
     rows = []
-    for size, configs in plan.items():
-        for sp in configs:
-            label = "dense" if sp is None else str(sp)
-            print(f"{size} {label} ...", flush=True)
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--worker", size, label,
-                                   "--steps", str(steps)], capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stderr[-2000:])
-                raise SystemExit(f"{size} {label} failed")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
-            print(f"  prefill {row['prefill_ms']} ms, decode {row['decode_tokens_per_s']} tok/s, "
-                  f"RSS {row['rss_decoding_mib']} MiB (peak {row['peak_rss_mib']} MiB)")
-            rows.append(row)
-    payload = {"machine": common.finish_machine_info(info), "rows": rows}
+    for r in range(rounds):
+        for size in args.sizes:
+            # Alternate the order each round so a load change does not always hit the same side.
+            for config in (configs if r % 2 == 0 else configs[::-1]):
+                print(f"round {r + 1}: {size} {config} ...", flush=True)
+                row = _worker(size, config, args.new_tokens)
+                print(f"  decode {row['decode_tokens_per_s']} tok/s, memory {row['memory_mib']} MiB", flush=True)
+                for key in ("torch", "transformers"):
+                    if key in row:
+                        info[key] = row[key]
+                rows.append(row)
+    payload = {"machine": common.finish_machine_info(info), "new_tokens": args.new_tokens, "rounds": rounds,
+               "rows": summarize(rows), "runs": rows}
     stem = args.out / f"e2e_{jax.devices()[0].platform}"
     common.write_json(stem.with_suffix(".json"), payload)
     stem.with_suffix(".md").write_text(markdown(payload))
-    print(f"wrote {stem.with_suffix('.md')}")
+    print(stem.with_suffix(".md").read_text())
     return 0
 
 

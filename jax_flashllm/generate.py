@@ -32,8 +32,9 @@ _STATIC = ("graphdef", "sampler", "vocab", "eos", "pad", "slots")
 
 def _next_token(model, h, key, sampler, vocab):
     """h: (B, 1, D) last hidden state -> (B,) int32 token."""
-    logits = mask_vocab(model.logits(h)[:, 0], vocab)
-    return sampler(logits, key)
+    logits = model.logits(h)[:, 0]
+    with jax.named_scope("sample"):
+        return sampler(mask_vocab(logits, vocab), key)
 
 
 def _is_eos(token, eos):
@@ -43,7 +44,7 @@ def _is_eos(token, eos):
 def _prefill(model, input_ids, valid, key, sampler, vocab, eos, slots):
     # The cache is born inside the jitted prefill, so XLA places it where the model's sharding puts the
     # attention heads instead of first materializing it whole on one device.
-    cache = KVCache.zeros(model.config, input_ids.shape[0], slots, model.dtype)
+    cache = KVCache.zeros(model.config, input_ids.shape[0], slots, model.compute_dtype)
     h, cache = model.decode(input_ids, cache, 0, valid)
     token = _next_token(model, h[:, -1:], jax.random.fold_in(key, 0), sampler, vocab)
     return token, _is_eos(token, eos), cache

@@ -158,7 +158,10 @@ class OPTConfig:
 class KVCache(NamedTuple):
     """Keys and values of every layer, plus which slots hold a real (non-padding) token.
 
-    k, v: tuples of num_layers arrays (B, S, H, D) in the model dtype; valid: (B, S) bool.
+    k: tuple of num_layers arrays (B, H, D, S); v: tuple of (B, H, S, D); both in the model's
+    ``compute_dtype``; valid: (B, S) bool. Keys are stored transposed so that both attention dots read the
+    cache where it lies: with (B, S, H, D) XLA's CPU backend copied the whole cache into a transposed
+    float32 buffer in every layer of every step (2-3x the attention time at 2048 slots, measured).
     """
 
     k: tuple
@@ -167,10 +170,10 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, config: OPTConfig, batch: int, slots: int, dtype=jnp.float32) -> "KVCache":
-        shape = (batch, slots, config.num_attention_heads, config.head_dim)
+        h, d = config.num_attention_heads, config.head_dim
         layers = range(config.num_hidden_layers)
-        return cls(k=tuple(jnp.zeros(shape, dtype) for _ in layers),
-                   v=tuple(jnp.zeros(shape, dtype) for _ in layers),
+        return cls(k=tuple(jnp.zeros((batch, h, d, slots), dtype) for _ in layers),
+                   v=tuple(jnp.zeros((batch, h, slots, d), dtype) for _ in layers),
                    valid=jnp.zeros((batch, slots), bool))
 
 
@@ -197,7 +200,48 @@ def _embed(cfg: OPTConfig, rows: int, dim: int, dtype, rngs: nnx.Rngs) -> nnx.Em
 
 def _norm(ln: nnx.LayerNorm, x: jax.Array) -> jax.Array:
     """LayerNorm computed in float32 whatever the activation dtype (fp16 overflows in the variance)."""
-    return ln(x.astype(jnp.float32)).astype(x.dtype)
+    with jax.named_scope("norm"):
+        return ln(x.astype(jnp.float32)).astype(x.dtype)
+
+
+def _project(layer, x: jax.Array) -> jax.Array:
+    """A Linear (dense or sparse) applied to x, named "linear" in profiles; result in x's dtype."""
+    with jax.named_scope("linear"):
+        return layer(x).astype(x.dtype)
+
+
+def _weight_dtype(layer) -> jnp.dtype:
+    """The stored weight dtype of an nnx.Linear (kernel) or a sparse layer (values)."""
+    weight = layer.kernel if hasattr(layer, "kernel") else layer.values
+    return jnp.dtype(weight.dtype)
+
+
+def mask_bias(mask: jax.Array) -> jax.Array:
+    """mask (B, T, S) bool -> additive score bias (B, 1, T, S) float32: 0 where a key is visible.
+
+    Built once per call and shared by every layer, so a layer's scores need one add instead of a select.
+    A finite minimum (not -inf) keeps rows with no visible key (left padding) finite instead of NaN.
+    """
+    return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """Softmax attention. q: (B, T, H, D) already scaled; k: (B, H, D, S); v: (B, H, S, D);
+    bias: (B, 1, T, S) float32 (see mask_bias). Returns (B, T, H, D) in q's dtype.
+
+    Scores and sums in float32. The probabilities stay unnormalised until after the second dot, so the
+    (B, H, T, S) tensors written out are the scores and their exponentials, not also a normalised copy.
+    """
+    with jax.named_scope("attention"):
+        # (B, H, T, S)
+        scores = jnp.einsum("BTHD,BHDS->BHTS", q.astype(k.dtype), k, preferred_element_type=jnp.float32)
+        scores = scores + bias
+        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+        # (B, H, T)
+        total = jnp.sum(weights, axis=-1)
+        # (B, T, H, D)
+        y = jnp.einsum("BHTS,BHSD->BTHD", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return (y / jnp.swapaxes(total, 1, 2)[..., None]).astype(q.dtype)
 
 
 class OPTAttention(nnx.Module):
@@ -208,29 +252,27 @@ class OPTAttention(nnx.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = linear(), linear(), linear(), linear()
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
 
-    def __call__(self, x, mask, kv=None, index=None):
-        """x: (B, T, M); mask: (B, T, S) bool; kv: optional cache (k, v), each (B, S, H, D).
+    def __call__(self, x, bias, kv=None, index=None):
+        """x: (B, T, M); bias: (B, 1, T, S) float32 (mask_bias); kv: optional cache (k (B, H, D, S),
+        v (B, H, S, D)).
 
         Returns (y (B, T, M), (k, v)); with a cache the new keys/values are written at slots [index, index+T).
         """
         b, t, _ = x.shape
         heads = (b, t, self.num_heads, self.head_dim)
-        # OPT scales q after the projection (bias included), as transformers does. Projections are brought
-        # back to x's dtype: a 16-bit nnx.Linear returns 16-bit values, and the scaling and the probabilities
-        # times v must not round differently from a SparseLinear (which returns x's dtype).
-        q = self.q_proj(x).astype(x.dtype).reshape(heads) * (self.head_dim ** -0.5)
-        k = self.k_proj(x).astype(x.dtype).reshape(heads)
-        v = self.v_proj(x).astype(x.dtype).reshape(heads)
+        # OPT scales q after the projection (bias included), as transformers does. Projections come back in
+        # x's dtype: a 16-bit nnx.Linear returns 16-bit values, and the scaling and the probabilities times v
+        # must not round differently from a SparseLinear (which returns x's dtype).
+        q = _project(self.q_proj, x).reshape(heads) * (self.head_dim ** -0.5)
+        # (B, H, D, T) and (B, H, T, D): the cache's layouts
+        k = _project(self.k_proj, x).reshape(heads).transpose(0, 2, 3, 1)
+        v = _project(self.v_proj, x).reshape(heads).transpose(0, 2, 1, 3)
         if kv is not None:
-            start = (0, index, 0, 0)
-            k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), start)
-            v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), start)
-        scores = jnp.einsum("BTHD,BSHD->BHTS", q, k, preferred_element_type=jnp.float32)
-        # A finite minimum keeps rows with no visible key (left padding) finite instead of NaN.
-        scores = jnp.where(mask[:, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        y = jnp.einsum("BHTS,BSHD->BTHD", probs, v).reshape(b, t, -1)
-        return self.out_proj(y.astype(x.dtype)), (k, v)
+            with jax.named_scope("attention"):
+                k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, 0, index))
+                v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
+        y = attend(q, k, v, bias).reshape(b, t, -1)
+        return _project(self.out_proj, y), (k, v)
 
 
 class OPTDecoderLayer(nnx.Module):
@@ -244,15 +286,15 @@ class OPTDecoderLayer(nnx.Module):
         self.fc2 = _linear(cfg, cfg.ffn_dim, m, cfg.enable_bias, dtype, rngs)
         self.final_layer_norm = _layer_norm(cfg, m, dtype, rngs)
 
-    def __call__(self, x, mask, kv=None, index=None):
+    def __call__(self, x, bias, kv=None, index=None):
         """x: (B, T, M) -> (B, T, M), new (k, v). Pre-LN (most sizes) or post-LN (opt-350m)."""
         h = _norm(self.self_attn_layer_norm, x) if self.pre_ln else x
-        h, kv = self.self_attn(h, mask, kv, index)
+        h, kv = self.self_attn(h, bias, kv, index)
         x = x + h
         if not self.pre_ln:
             x = _norm(self.self_attn_layer_norm, x)
         h = _norm(self.final_layer_norm, x) if self.pre_ln else x
-        x = x + self.fc2(self.act(self.fc1(h)))
+        x = x + _project(self.fc2, self.act(_project(self.fc1, h)))
         if not self.pre_ln:
             x = _norm(self.final_layer_norm, x)
         return x, kv
@@ -289,19 +331,35 @@ class OPTForCausalLM(nnx.Module):
                                  for _ in range(config.num_hidden_layers)])
         return model
 
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        """Dtype of the activations and the KV cache: the decoder projections' weight dtype when they all
+        share one 16-bit dtype (a sparsified model, or one densified to bfloat16), else the parameter
+        dtype. Read at trace time. A sparse bf16 model then streams its residual, attention and cache in
+        bf16 as HF's bf16 model does; LayerNorms and softmax still compute in float32."""
+        dtypes = {_weight_dtype(m) for layer in self.layers
+                  for m in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                            layer.self_attn.out_proj, layer.fc1, layer.fc2)}
+        if len(dtypes) == 1 and next(iter(dtypes)).itemsize == 2:
+            return next(iter(dtypes))
+        return self.dtype
+
     def _embed(self, input_ids, positions):
-        """input_ids, positions: (B, T) int32 -> (B, T, M) in the model dtype."""
-        x = self.embed_tokens(input_ids).astype(self.dtype)
+        """input_ids, positions: (B, T) int32 -> (B, T, M) in the compute dtype."""
+        dtype = self.compute_dtype
+        with jax.named_scope("embed"):
+            x = self.embed_tokens(input_ids).astype(dtype)
         if self.project_in is not None:
-            x = self.project_in(x)
-        # Position -1 (padding) maps to row 1, as in transformers; padded rows are masked anyway.
-        return x + self.embed_positions(positions + POSITION_OFFSET).astype(self.dtype)
+            x = _project(self.project_in, x)
+        with jax.named_scope("embed"):
+            # Position -1 (padding) maps to row 1, as in transformers; padded rows are masked anyway.
+            return x + self.embed_positions(positions + POSITION_OFFSET).astype(dtype)
 
     def _finish(self, x):
         if self.final_layer_norm is not None:
             x = _norm(self.final_layer_norm, x)
         if self.project_out is not None:
-            x = self.project_out(x)
+            x = _project(self.project_out, x)
         return x
 
     def cast_embeddings(self, dtype) -> None:
@@ -321,8 +379,9 @@ class OPTForCausalLM(nnx.Module):
 
     def logits(self, h: jax.Array) -> jax.Array:
         """Tied LM head. h: (B, T, word_embed_proj_dim) -> logits (B, T, vocab_size) float32."""
-        table = self.embed_tokens.embedding[...]
-        return jnp.einsum("BTM,VM->BTV", h.astype(table.dtype), table, preferred_element_type=jnp.float32)
+        with jax.named_scope("head"):
+            table = self.embed_tokens.embedding[...]
+            return jnp.einsum("BTM,VM->BTV", h.astype(table.dtype), table, preferred_element_type=jnp.float32)
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """input_ids: (B, T) int; attention_mask: (B, T) 0/1 (left padding) -> (B, T, word_embed_proj_dim)."""
@@ -330,10 +389,10 @@ class OPTForCausalLM(nnx.Module):
         positions = jnp.where(valid, jnp.cumsum(valid, axis=-1) - 1, -1)
         t = input_ids.shape[-1]
         causal = jnp.tril(jnp.ones((t, t), bool))
-        mask = causal[None] & valid[:, None, :]
+        bias = mask_bias(causal[None] & valid[:, None, :])
         x = self._embed(input_ids, positions)
         for layer in self.layers:
-            x, _ = layer(x, mask)
+            x, _ = layer(x, bias)
         return self._finish(x)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
@@ -356,11 +415,11 @@ class OPTForCausalLM(nnx.Module):
         valid = jax.lax.dynamic_update_slice(cache.valid, token_valid, (0, index))
         slots = jnp.arange(valid.shape[1])
         # Query at slot index+i sees key slots <= index+i that hold a real token.
-        mask = (slots[None, :] <= (index + jnp.arange(t))[:, None])[None] & valid[:, None, :]
+        bias = mask_bias((slots[None, :] <= (index + jnp.arange(t))[:, None])[None] & valid[:, None, :])
         x = self._embed(input_ids, positions)
         ks, vs = [], []
         for layer, k, v in zip(self.layers, cache.k, cache.v):
-            x, (k, v) = layer(x, mask, (k, v), index)
+            x, (k, v) = layer(x, bias, (k, v), index)
             ks.append(k)
             vs.append(v)
         return self._finish(x), KVCache(tuple(ks), tuple(vs), valid)
