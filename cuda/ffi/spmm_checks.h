@@ -50,9 +50,10 @@ inline std::string check_spmm_buffers(const xla::ffi::AnyBuffer& x, const xla::f
   } else if (format == kFormatBitmap) {
     if (index.element_type() != ffi::U32) return "a bitmap index must be uint32";
     if (count != tiles * kBitmapWordsPerTile)
-      return "a bitmap index must have " + std::to_string(tiles * kBitmapWordsPerTile) + " words";
+      return "a bitmap index must have " + std::to_string(tiles * kBitmapWordsPerTile) + " words (" +
+             std::to_string(kBitmapWordsPerTile) + " per tile)";
   } else if (format == kFormatDense) {
-    if (index.element_type() != ffi::U32 || count != 0) return "a dense-format index must be empty uint32";
+    if (index.element_type() != ffi::U32 || count != 0) return "a dense-format weight has no index: it must be an empty uint32 array";
     if (int64_t(values.element_count()) != tiles * kTileElems)
       return "a dense-format weight must have " + std::to_string(tiles * kTileElems) + " values";
   } else {
