@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -170,6 +171,23 @@ def write_json(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=1) + "\n")
     print(f"wrote {path}")
+
+
+def run_worker(module: str, *args: str) -> dict:
+    """Runs `python -m <module> --worker <args>` in its own process (its own threads and memory) and
+    returns the JSON object its last output line holds; exits with the worker's error output on failure."""
+    proc = subprocess.run([sys.executable, "-m", module, "--worker", *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:])
+        raise SystemExit(f"{module} {' '.join(args)} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_results(stem: Path, payload: dict, markdown: str) -> None:
+    """<stem>.json and <stem>.md, and the markdown printed."""
+    write_json(stem.with_suffix(".json"), payload)
+    stem.with_suffix(".md").write_text(markdown)
+    print(markdown)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -106,15 +105,6 @@ def run_config(size: str, config: str, new_tokens: int) -> dict:
     return row
 
 
-def _worker(size: str, config: str, new_tokens: int) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.e2e", "--worker", size, config,
-                           "--new-tokens", str(new_tokens)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:])
-        raise SystemExit(f"{size} {config} failed")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def summarize(rows: list[dict]) -> list[dict]:
     """One row per (size, config): median tokens/s over rounds; speed and memory against the HF peer."""
     out = []
@@ -195,7 +185,7 @@ def main(argv=None) -> int:
             # Alternate the order each round so a load change does not always hit the same side.
             for config in (configs if r % 2 == 0 else configs[::-1]):
                 print(f"round {r + 1}: {size} {config} ...", flush=True)
-                row = _worker(size, config, args.new_tokens)
+                row = common.run_worker("benchmarks.e2e", size, config, "--new-tokens", str(args.new_tokens))
                 print(f"  decode {row['decode_tokens_per_s']} tok/s, memory {row['memory_mib']} MiB", flush=True)
                 for key in ("torch", "transformers"):
                     if key in row:
@@ -203,10 +193,7 @@ def main(argv=None) -> int:
                 rows.append(row)
     payload = {"machine": common.finish_machine_info(info), "new_tokens": args.new_tokens, "rounds": rounds,
                "rows": summarize(rows), "runs": rows}
-    stem = args.out / f"e2e_{jax.devices()[0].platform}"
-    common.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(markdown(payload))
-    print(stem.with_suffix(".md").read_text())
+    common.write_results(args.out / f"e2e_{jax.devices()[0].platform}", payload, markdown(payload))
     return 0
 
 

@@ -34,12 +34,12 @@ _SCOPE = re.compile(r'op_name="([^"]*)"')
 _OPERAND = re.compile(r"%([\w.\-]+)")
 
 
-def _op_parts(hlo_text: str) -> dict[str, str | None]:
+def _op_parts(hlo_text: str, vocab: int) -> dict[str, str | None]:
     """HLO instruction name -> the part it belongs to (innermost known named scope); None for control flow
     (while, call, conditional), whose time is that of the ops inside it.
 
-    XLA's CPU backend drops the metadata of some ops it rewrites (the LM head's dot among them); such an op
-    takes the part of its first operand that has one, which is how the head's dot is found."""
+    XLA's CPU backend drops the metadata of the dots it rewrites: a dot producing `vocab` columns is the
+    head, any other is a dense Linear layer; another op without metadata takes its first operand's part."""
     parts = {}
     for line in hlo_text.splitlines():
         if " = " not in line:
@@ -52,7 +52,9 @@ def _op_parts(hlo_text: str) -> dict[str, str | None]:
             continue
         scope = _SCOPE.search(line)
         found = [p for p in (scope.group(1).split("/") if scope else ()) if p in PARTS]
-        if not found and not scope:
+        if not found and not scope and opcode and opcode.group(1) == "dot":
+            found = ["head" if re.search(rf"[\[,]{vocab}[\],]", rhs.split("dot(")[0]) else "linear"]
+        elif not found and not scope:
             found = [parts[o] for o in _OPERAND.findall(rhs.split("metadata=")[0]) if parts.get(o)]
             found = [p for p in found if p != "rest"][:1]
         parts[name] = found[-1] if found else "rest"
@@ -199,7 +201,7 @@ def profile(size: str, sparsity: float | None, new_tokens: int) -> dict:
         args = _prepare(model, ids, None, n, 0.0, 0, 1.0, 0, None)
         hlo = _generate.lower(graphdef, state, args[0], args[1], args[2], max_new_tokens=n,
                               **args[3]).compile().as_text()
-        traces[n] = _trace_seconds(gen(n), _op_parts(hlo))
+        traces[n] = _trace_seconds(gen(n), _op_parts(hlo, cfg.vocab_size))
     trace = {p: (traces[new_tokens].get(p, 0.0) - traces[1].get(p, 0.0)) / (new_tokens - 1)
              for p in (*PARTS, "rest")}
 
@@ -248,9 +250,6 @@ def main(argv=None) -> int:
         print(json.dumps(profile(size, None if sp == "dense" else float(sp), args.new_tokens)))
         return 0
 
-    import subprocess
-    import sys
-
     import jax
 
     info = common.machine_info()
@@ -262,18 +261,10 @@ def main(argv=None) -> int:
     for size, sp in plan:
         print(f"{size} {sp} ...", flush=True)
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.profile", "--worker", size, sp,
-                               "--new-tokens", str(args.new_tokens)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:])
-            raise SystemExit(f"profile {size} {sp} failed")
-        profiles.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        profiles.append(common.run_worker("benchmarks.profile", size, sp, "--new-tokens", str(args.new_tokens)))
         print(f"  {time.perf_counter() - t:.0f} s", flush=True)
     payload = {"machine": common.finish_machine_info(info), "profiles": profiles}
-    stem = args.out / f"e2e_profile_{jax.devices()[0].platform}"
-    common.write_json(stem.with_suffix(".json"), payload)
-    stem.with_suffix(".md").write_text(markdown(payload))
-    print(stem.with_suffix(".md").read_text())
+    common.write_results(args.out / f"e2e_profile_{jax.devices()[0].platform}", payload, markdown(payload))
     return 0
 
 

@@ -22,7 +22,7 @@ from jax_flashllm import prune as _prune
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
 
-__all__ = ["SparseIndex", "SparseLinear", "LayerReport", "SparsifyReport", "sparsify", "densify",
+__all__ = ["SparseIndex", "SparseLinear", "PackedEmbed", "LayerReport", "SparsifyReport", "sparsify", "densify",
            "set_submodule"]
 
 
@@ -121,6 +121,74 @@ class SparseLinear(nnx.Module):
         return nnx.eval_shape(build)
 
 
+class PackedEmbed(nnx.Module):
+    """An embedding table W (num_embeddings, features) stored once as a SparseMatrix (state as in
+    SparseLinear), serving both the token lookup and a tied output projection (an LM head).
+
+    Decode reads a tied head whole every token; as an ``nnx.Embed`` in float32 that is 4 bytes per weight
+    through XLA's dot (whose CPU bf16 path is ~10x slower than its f32 one). In the "dense" format (bf16,
+    2 bytes per weight) the head runs through ``sparse_dense``; pruned (bitmap / Tiled-CSL) it reads fewer.
+    ``embed(ids)`` / ``__call__``: (...) int -> (..., features) in W's dtype. A dense-format table gathers
+    the rows from its values by index arithmetic; the sparse formats have no direct row address, so their
+    lookup decodes the table (``to_dense``), the price of pruning a tied head.
+    ``attend(h)``: (..., features) -> (..., num_embeddings) float32, the kernel's output (rounded to W's
+    dtype, as HF's bf16 head rounds its logits).
+    """
+
+    def __init__(self, weight: SparseMatrix):
+        self.values = nnx.Param(jnp.asarray(weight.values))
+        self.index = SparseIndex(jnp.asarray(weight.index))
+        self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
+        self.num_embeddings, self.features = weight.shape
+        self.format = weight.format
+
+    @property
+    def weight(self) -> SparseMatrix:
+        """The SparseMatrix view of the state (no copy, no validation: safe under jit)."""
+        values = self.values[...]
+        aux = ((self.num_embeddings, self.features), jnp.dtype(values.dtype).name, self.format)
+        return SparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
+
+    @classmethod
+    def from_embed(cls, embed: "nnx.Embed | PackedEmbed", sparsity: float = 0.0, *, method: str = "magnitude",
+                   dtype=jnp.bfloat16, format: str | None = None, seed: int = 0) -> "PackedEmbed":
+        """Encode ``embed``'s table pruned to ``sparsity`` with ``method`` (0: kept whole) as ``dtype``
+        (float16 | bfloat16) in ``format`` (None: "dense" when nothing is pruned, else "auto")."""
+        table = embed.weight.to_dense() if isinstance(embed, PackedEmbed) else embed.embedding[...]
+        table = np.asarray(jax.device_get(table)).astype(np.float32)
+        if sparsity > 0:
+            table = _prune.prune(table, sparsity, method, seed=seed)
+        fmt = format if format not in (None, "auto") or sparsity > 0 else "dense"
+        return cls(SparseMatrix.from_dense(table, dtype=dtype or jnp.bfloat16, format=fmt or "auto"))
+
+    def embed(self, ids: jax.Array) -> jax.Array:
+        if self.format == "dense":
+            return _formats.dense.rows(self.values[...], self.features, ids)
+        return jnp.take(self.weight.to_dense(), ids, axis=0)
+
+    __call__ = embed
+
+    def attend(self, h: jax.Array) -> jax.Array:
+        w = self.weight
+        return sparse_dense(h.astype(w.dtype), w).astype(jnp.float32)
+
+    def spec(self) -> dict:
+        """Everything but the arrays' contents (see ``abstract``); "kind" tells checkpoints the class."""
+        return dict(kind="PackedEmbed", shape=[self.num_embeddings, self.features],
+                    dtype=jnp.dtype(self.values.dtype).name, entries=int(self.values.shape[0]),
+                    tiles=int(self.tile_offsets.shape[0]) - 1, format=self.format)
+
+    @classmethod
+    def abstract(cls, spec: dict) -> "PackedEmbed":
+        """A table of the given ``spec()`` whose arrays are shapes only (to be filled from a checkpoint)."""
+        fmt = _formats.get(spec["format"])
+        return nnx.eval_shape(lambda: cls(SparseMatrix.tree_unflatten(
+            (tuple(spec["shape"]), spec["dtype"], fmt.NAME),
+            (jnp.zeros(spec["entries"], spec["dtype"]),
+             jnp.zeros(fmt.index_shape(spec["tiles"], spec["entries"]), fmt.INDEX_DTYPE),
+             jnp.zeros(spec["tiles"] + 1, jnp.int32)))))
+
+
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
     """One replaced layer: its dotted path, W's (out, in) shape, achieved sparsity and weight bytes."""
@@ -199,10 +267,12 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     """Prune and replace ``nnx.Linear`` layers of ``model`` by SparseLinear layers, in place.
 
     include / exclude select layers by dotted path ("layers.0.self_attn.q_proj"): a regex searched in the
-    path, a list of regexes, or a callable; default all Linear layers, none excluded. Embeddings and a tied
-    LM head are not Linear layers and stay dense. method: "magnitude" | "magnitude_row" | "random" (layer i
-    uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights; None: each Linear's own
-    parameter dtype when it is float16 | bfloat16, else bfloat16 (so a float32 model gets bfloat16).
+    path, a list of regexes, or a callable; default all Linear layers, none excluded. Embedding tables
+    (``nnx.Embed``, ``PackedEmbed``; a tied LM head) are pruned into a PackedEmbed only when an explicit
+    ``include`` matches their path (e.g. "embed_tokens"); by default they stay as they are.
+    method: "magnitude" | "magnitude_row" | "random" (layer i uses seed + i). dtype: float16 | bfloat16
+    storage of the sparse weights; None: each Linear's own parameter dtype when it is float16 | bfloat16,
+    else bfloat16 (so a float32 model gets bfloat16; tables always get it).
     format: "tiled_csl" | "bitmap" | "dense" | "auto" (per layer, the fewest bytes; see SparseMatrix.from_dense).
     Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
     """
@@ -210,6 +280,9 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     modules = dict(nnx.iter_graph(model))
     chosen = [(path, m) for path, m in modules.items()
               if isinstance(m, nnx.Linear) and take(_path_name(path)) and not drop(_path_name(path))]
+    # Embedding tables (a tied LM head) are pruned only when an explicit `include` names them.
+    tables = [(path, m) for path, m in modules.items() if include is not None
+              and isinstance(m, (nnx.Embed, PackedEmbed)) and take(_path_name(path)) and not drop(_path_name(path))]
     reports = []
     for i, (path, linear) in enumerate(chosen):
         sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i, format=format)
@@ -217,6 +290,13 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
         w = sparse.weight
         reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),
                                    w.nbytes))
+    for i, (path, table) in enumerate(tables, start=len(chosen)):
+        before = table.weight.nbytes if isinstance(table, PackedEmbed) else int(table.embedding[...].nbytes)
+        packed = PackedEmbed.from_embed(table, sparsity, method=method, dtype=dtype, seed=seed + i,
+                                        format=None if format == "auto" else format)
+        set_submodule(model, path, packed, modules)
+        w = packed.weight
+        reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, before, w.nbytes))
     return SparsifyReport(tuple(reports))
 
 

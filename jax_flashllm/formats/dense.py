@@ -61,4 +61,24 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
             raise ValueError(f"tile {tile} holds nonzeros outside the logical {shape[0]}x{shape[1]} matrix")
 
 
+# _INVERSE[row, col] = where the tile element (row, col) sits among the tile's block-ordered values.
+_INVERSE = np.empty(C.TILE_ELEMS, np.int32)
+_INVERSE[C.BLOCK_ORDER] = np.arange(C.TILE_ELEMS, dtype=np.int32)
+_INVERSE = _INVERSE.reshape(C.TILE_M, C.TILE_K)
+_INVERSE.setflags(write=False)
+
+
+def rows(values, k: int, ids):
+    """Rows ``ids`` of a dense-format matrix with ``k`` columns, gathered from its values (T * TILE_ELEMS,):
+    a table stored once serves both a kernel's product and an embedding lookup. ids: (...) int ->
+    (..., k) in values' dtype; jnp, works on traced arrays."""
+    k_tiles = C.tile_grid(1, k)[1]
+    tile_row, r = ids // C.TILE_M, ids % C.TILE_M
+    # (..., K tiles): the first value of each tile the row crosses (tiles are row-major)
+    starts = (tile_row[..., None] * k_tiles + jnp.arange(k_tiles)) * C.TILE_ELEMS
+    # (..., K tiles, TILE_K)
+    where = starts[..., None] + jnp.asarray(_INVERSE)[r][..., None, :]
+    return values[where].reshape(*ids.shape, k_tiles * C.TILE_K)[..., :k]
+
+
 pad = _base.pad_values

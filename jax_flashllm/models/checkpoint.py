@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
-from jax_flashllm.nn import SparseLinear, set_submodule
+from jax_flashllm.nn import PackedEmbed, SparseLinear, set_submodule
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -157,10 +157,11 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)
     sparse = {_key(p): {**m.spec(), "path": list(p)} for p, m in nnx.iter_graph(model)
-              if isinstance(m, SparseLinear)}
+              if isinstance(m, (SparseLinear, PackedEmbed))}
     tensors = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
     meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name,
-            "embedding_dtype": jnp.dtype(model.embed_tokens.embedding.dtype).name,
+            # cast_embeddings casts both tables alike; the token table may be a PackedEmbed (own spec).
+            "embedding_dtype": jnp.dtype(model.embed_positions.embedding.dtype).name,
             "sparse_layers": json.dumps(sparse)}
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(model.config.to_dict(), f, indent=2)
@@ -213,7 +214,8 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     for path, spec in specs.items():
         if path[:-1] not in modules:
             raise CheckpointError(f"{file}: sparse layer {_key(path)} has no place in the model")
-        set_submodule(model, path, SparseLinear.abstract(spec), modules)
+        layer = PackedEmbed if spec.get("kind") == "PackedEmbed" else SparseLinear
+        set_submodule(model, path, layer.abstract(spec), modules)
     graphdef, state = nnx.split(model)
     flat = dict(nnx.to_flat_state(state))
     keys = set(handle.keys())

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_flashllm.nn import PackedEmbed
+
 # OPT stores learned positions with two leading rows (a fairseq leftover): position p is row p + 2.
 POSITION_OFFSET = 2
 # The OPT tokenizer has 50265 entries; the embedding has 50272 rows (padded to a multiple of 8).
@@ -370,6 +372,8 @@ class OPTForCausalLM(nnx.Module):
         multiplies in ``dtype`` with float32 accumulation. Works on an ``abstract`` model too (dtypes only).
         """
         for embed in (self.embed_tokens, self.embed_positions):
+            if not isinstance(embed, nnx.Embed):  # a PackedEmbed: its dtype was chosen when it was packed
+                continue
             value = embed.embedding.get_value()
             if isinstance(value, jax.ShapeDtypeStruct):  # an abstract model: load_model fills it afterwards
                 value = jax.ShapeDtypeStruct(value.shape, jnp.dtype(dtype), sharding=value.sharding)
@@ -377,9 +381,20 @@ class OPTForCausalLM(nnx.Module):
                 value = value.astype(dtype)
             embed.embedding = nnx.Param(value)
 
+    def pack_head(self, sparsity: float = 0.0, *, dtype=jnp.bfloat16, format: str | None = None,
+                  method: str = "magnitude") -> None:
+        """Store the token embedding -- the tied LM head -- once as a PackedEmbed (in place): ``dtype``
+        (bfloat16) in the "dense" format by default, so the head reads 2 bytes per weight through the
+        project's kernel; ``sparsity`` > 0 prunes it (format None: "auto"). Lookups gather from the same
+        values. ``sparsify(model, s, include=[..., "embed_tokens"])`` does the same with pruning."""
+        self.embed_tokens = PackedEmbed.from_embed(self.embed_tokens, sparsity, method=method, dtype=dtype,
+                                                   format=format)
+
     def logits(self, h: jax.Array) -> jax.Array:
         """Tied LM head. h: (B, T, word_embed_proj_dim) -> logits (B, T, vocab_size) float32."""
         with jax.named_scope("head"):
+            if isinstance(self.embed_tokens, PackedEmbed):
+                return self.embed_tokens.attend(h)
             table = self.embed_tokens.embedding[...]
             return jnp.einsum("BTM,VM->BTV", h.astype(table.dtype), table, preferred_element_type=jnp.float32)
 
