@@ -54,7 +54,7 @@ def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> d
     import jax.numpy as jnp
     from flax import nnx
 
-    from jax_flashllm.generate import generate
+    from jax_flashllm.generation import _prepare, generate
     from jax_flashllm.models import KVCache, OPTConfig, OPTForCausalLM
     from jax_flashllm.nn import SparseLinear, sparsify
 
@@ -79,7 +79,10 @@ def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> d
         first.append(timed(1))
         full.append(timed(new_tokens))
     decode_s = float(np.median(full)) - float(np.median(first))
-    cache = jax.eval_shape(lambda: KVCache.zeros(cfg, BATCH, PROMPT_LEN + new_tokens, model.compute_dtype))
+    # The cache generate allocates: prompt and new tokens rounded up to its length buckets.
+    request = _prepare(model, ids, None, new_tokens, 0.0, 0, 1.0, 0, None)[0]
+    slots = request.input_ids.shape[1] + request.new_slots
+    cache = jax.eval_shape(lambda: KVCache.zeros(cfg, BATCH, slots, model.compute_dtype))
     cache_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in (*cache.k, *cache.v))
     return {
         "impl": "ours dense f32" if kind == "f32" else f"ours sparse {float(kind):.0%}",

@@ -89,7 +89,7 @@ def _micro(model, slots: int, valid_slots: int) -> tuple[dict, dict]:
 
     from jax_flashllm.models.opt import KVCache, _norm, attend, mask_bias
     from jax_flashllm.nn import SparseLinear
-    from jax_flashllm.sampling import Greedy, mask_vocab
+    from jax_flashllm.sampling import make_sampler, mask_vocab, sample
 
     cfg, dtype = model.config, model.compute_dtype
     graphdef, state = nnx.split(model)
@@ -145,8 +145,10 @@ def _micro(model, slots: int, valid_slots: int) -> tuple[dict, dict]:
     vocab = cfg.sampling_vocab_size or cfg.vocab_size
     logits = jnp.linspace(0.0, 1.0, cfg.vocab_size, dtype=jnp.float32)[None]
 
+    greedy, key = make_sampler(0.0), jax.random.key(0)
+
     def run_sample(logits):
-        return Greedy()(mask_vocab(logits, vocab), None)
+        return sample(mask_vocab(logits, vocab), key, greedy)
 
     jitted = {"linear": (run_linear, state), "head": (run_head, state), "attention": (run_attention, cache),
               "norm": (run_norm, state), "embed": (run_embed, state), "sample": (run_sample, logits)}
@@ -175,7 +177,7 @@ def profile(size: str, sparsity: float | None, new_tokens: int) -> dict:
     from flax import nnx
 
     from benchmarks.e2e import PROMPT_LEN, prompt_ids
-    from jax_flashllm.generate import _generate, _prepare, generate
+    from jax_flashllm.generation import _generate, _prepare, generate
     from jax_flashllm.models import OPTConfig, OPTForCausalLM
     from jax_flashllm.nn import sparsify
 
@@ -198,9 +200,11 @@ def profile(size: str, sparsity: float | None, new_tokens: int) -> dict:
     graphdef, state = nnx.split(model)
     traces = {}
     for n in (1, new_tokens):
-        args = _prepare(model, ids, None, n, 0.0, 0, 1.0, 0, None)
-        hlo = _generate.lower(graphdef, state, args[0], args[1], args[2], max_new_tokens=n,
-                              **args[3]).compile().as_text()
+        # The call generate makes (same arguments, same bucket), lowered instead of run.
+        request, traced, static = _prepare(model, ids, None, n, 0.0, 0, 1.0, 0, None)
+        hlo = _generate.lower(graphdef, state, request.input_ids, request.valid, np.int32(request.batch),
+                              traced["key"], traced["sampling"], traced["eos"], np.int32(request.max_new_tokens),
+                              new_slots=request.new_slots, **static).compile().as_text()
         traces[n] = _trace_seconds(gen(n), _op_parts(hlo, cfg.vocab_size))
     trace = {p: (traces[new_tokens].get(p, 0.0) - traces[1].get(p, 0.0)) / (new_tokens - 1)
              for p in (*PARTS, "rest")}

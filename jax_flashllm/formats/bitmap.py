@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jax_flashllm import _constants as C
-from jax_flashllm.formats import _base
+import jax_flashllm.formats._base as _base  # a submodule import: no edge to the package (test_structure)
 
 NAME = "bitmap"
 ID = C.FORMAT_BITMAP
