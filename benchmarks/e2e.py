@@ -27,11 +27,10 @@ import numpy as np
 from benchmarks import common
 
 SIZES = ("opt-125m", "opt-350m")
-# A configuration: "hf-float32" | "hf-bfloat16" (the peer), "ours-f32" (dense float32 nnx.Linear),
-# "ours-<sparsity>" (every Linear pruned to it, bf16 Tiled-CSL).
+# A configuration: "hf-float32" | "hf-bfloat16" (the peer) or "ours-<kind>" (see build_ours).
 PEERS = ("hf-float32", "hf-bfloat16")
-QUICK = PEERS + ("ours-f32", "ours-0.5", "ours-0.8")
-FULL = PEERS + ("ours-f32", "ours-0.5", "ours-0.6", "ours-0.7", "ours-0.8", "ours-0.9")
+QUICK = PEERS + ("ours-f32", "ours-bf16", "ours-0.5", "ours-0.8")
+FULL = PEERS + ("ours-f32", "ours-bf16", "ours-0.5", "ours-0.6", "ours-0.7", "ours-0.8", "ours-0.9")
 PROMPT_LEN = 32
 BATCH = 1
 REPEATS = 3
@@ -48,22 +47,41 @@ def _model_bytes(model) -> int:
     return sum(int(v.get_value().nbytes) for _, v in nnx.to_flat_state(nnx.state(model)))
 
 
-def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> dict:
-    """kind: "f32" (dense float32) or a sparsity ("0.8"). Builds the model, compiles, times generate."""
-    import jax
-    import jax.numpy as jnp
+def build_ours(size: str, kind: str):
+    """Our OPT of the published shape with random weights. kind: "f32" (dense float32 nnx.Linear layers and
+    table, as loaded), "bf16" (every Linear in the dense format, bf16, through our kernel) or a sparsity
+    ("0.8": every Linear pruned by magnitude, format "auto"); both 16-bit kinds also pack the tied head
+    (bf16, dense format). Returns the model and the bytes of its Linear layers."""
     from flax import nnx
 
-    from jax_flashllm.generation import _prepare, generate
-    from jax_flashllm.models import KVCache, OPTConfig, OPTForCausalLM
+    from jax_flashllm.models import OPTConfig, OPTForCausalLM
     from jax_flashllm.nn import SparseLinear, sparsify
 
-    cfg = OPTConfig.from_name(size)
-    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
-    if kind != "f32":
+    model = OPTForCausalLM(OPTConfig.from_name(size), rngs=nnx.Rngs(0))
+    if kind == "bf16":
+        sparsify(model, 0.0, format="dense")
+    elif kind != "f32":
         sparsify(model, float(kind))
+    if kind != "f32":
+        model.pack_head()
     linear = [m for _, m in nnx.iter_graph(model) if isinstance(m, (nnx.Linear, SparseLinear))]
-    linear_bytes = sum(m.weight.nbytes if isinstance(m, SparseLinear) else m.kernel[...].nbytes for m in linear)
+    return model, sum(m.weight.nbytes if isinstance(m, SparseLinear) else m.kernel[...].nbytes for m in linear)
+
+
+def _label(kind: str) -> str:
+    return {"f32": "ours dense f32", "bf16": "ours dense bf16"}.get(kind) or f"ours sparse {float(kind):.0%}"
+
+
+def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> dict:
+    """Builds the model (see build_ours), compiles, times generate."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_flashllm.generation import _prepare, generate
+    from jax_flashllm.models import KVCache
+
+    model, linear_bytes = build_ours(size, kind)
+    cfg = model.config
     ids = jnp.asarray(prompt_ids(cfg.vocab_size))
 
     def timed(n):
@@ -85,8 +103,8 @@ def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> d
     cache = jax.eval_shape(lambda: KVCache.zeros(cfg, BATCH, slots, model.compute_dtype))
     cache_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in (*cache.k, *cache.v))
     return {
-        "impl": "ours dense f32" if kind == "f32" else f"ours sparse {float(kind):.0%}",
-        "sparsity": None if kind == "f32" else float(kind), "compute_dtype": jnp.dtype(model.compute_dtype).name,
+        "impl": _label(kind), "sparsity": None if kind in ("f32", "bf16") else float(kind),
+        "compute_dtype": jnp.dtype(model.compute_dtype).name,
         "compile_s": round(compile_s, 2), "prefill_ms": round(1e3 * float(np.median(first)), 2),
         "decode_tokens_per_s": round(BATCH * (new_tokens - 1) / decode_s, 2),
         "linear_mib": round(linear_bytes / 2**20, 1), "weight_mib": round(_model_bytes(model) / 2**20, 1),

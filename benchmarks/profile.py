@@ -88,7 +88,7 @@ def _micro(model, slots: int, valid_slots: int) -> tuple[dict, dict]:
     from flax import nnx
 
     from jax_flashllm.models.opt import KVCache, _norm, attend, mask_bias
-    from jax_flashllm.nn import SparseLinear
+    from jax_flashllm.nn import PackedEmbed, SparseLinear
     from jax_flashllm.sampling import make_sampler, mask_vocab, sample
 
     cfg, dtype = model.config, model.compute_dtype
@@ -155,36 +155,36 @@ def _micro(model, slots: int, valid_slots: int) -> tuple[dict, dict]:
     fns = {}
     for part, (fn, arg) in jitted.items():
         fns[part] = (lambda f, a: (lambda: f(a)))(jax.jit(fn), arg)
-    table = model.embed_tokens.embedding[...]
+    head = model.embed_tokens
+    if isinstance(head, PackedEmbed):
+        head_bytes, row_bytes = head.weight.nbytes, head.features * head.weight.dtype.itemsize
+    else:
+        table = head.embedding[...]
+        head_bytes, row_bytes = int(table.nbytes), table.nbytes // table.shape[0]
     kv = nbytes((cache.k, cache.v)) * valid_slots // slots  # the slots holding tokens
-    row = table.nbytes // table.shape[0]
     pos = model.embed_positions.embedding[...]
     read = {
         "linear": sum(m.weight.nbytes + (0 if m.bias is None else m.bias[...].nbytes) if isinstance(m, SparseLinear)
                       else nbytes(nnx.state(m)) for m in layers),
-        "head": int(table.nbytes),
+        "head": head_bytes,
         "attention": kv,
         "norm": nbytes([nnx.state(ln) for ln in norms]),
-        "embed": row + pos.nbytes // pos.shape[0],
+        "embed": row_bytes + pos.nbytes // pos.shape[0],
         "sample": cfg.vocab_size * 4,
     }
     return fns, read
 
 
-def profile(size: str, sparsity: float | None, new_tokens: int) -> dict:
-    import jax
+def profile(size: str, kind: str, new_tokens: int) -> dict:
+    """The profile of our model `kind` (benchmarks.e2e.build_ours: "f32", "bf16" or a sparsity)."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from benchmarks.e2e import PROMPT_LEN, prompt_ids
+    from benchmarks.e2e import PROMPT_LEN, _label, build_ours, prompt_ids
     from jax_flashllm.generation import _generate, _prepare, generate
-    from jax_flashllm.models import OPTConfig, OPTForCausalLM
-    from jax_flashllm.nn import sparsify
 
-    cfg = OPTConfig.from_name(size)
-    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
-    if sparsity is not None:
-        sparsify(model, sparsity)
+    model, _ = build_ours(size, kind)
+    cfg = model.config
     ids = jnp.asarray(prompt_ids(cfg.vocab_size))
 
     def gen(n):
@@ -215,7 +215,7 @@ def profile(size: str, sparsity: float | None, new_tokens: int) -> dict:
         b = read.get(part)
         rows.append({"part": part, "micro_ms": round(1e3 * t, 3), "trace_ms": round(1e3 * trace[part], 3),
                      "bytes": b, "gb_s": round(b / t / 1e9, 2) if b and t > 0 else None})
-    return {"size": size, "sparsity": sparsity, "compute_dtype": jnp.dtype(model.compute_dtype).name,
+    return {"size": size, "impl": _label(kind), "compute_dtype": jnp.dtype(model.compute_dtype).name,
             "new_tokens": new_tokens, "loop_ms_per_token": round(1e3 * per_token, 3),
             "trace_ms_per_token": round(1e3 * sum(trace.values()), 3), "parts": rows}
 
@@ -232,8 +232,7 @@ def markdown(payload) -> str:
             "time in a profiler trace of the compiled loop, by named scope (summed over threads). GB/s = bytes the "
             "part must read / micro time.", ""]
     for p in payload["profiles"]:
-        label = "dense f32" if p["sparsity"] is None else f"sparse {p['sparsity']:.0%}"
-        out.append(f"**{p['size']}, {label}** (activations and KV cache {p['compute_dtype']}): loop "
+        out.append(f"**{p['size']}, {p['impl']}** (activations and KV cache {p['compute_dtype']}): loop "
                    f"{p['loop_ms_per_token']:.2f} ms per token, trace {p['trace_ms_per_token']:.2f} ms.\n")
         rows = [[r["part"], f"{r['micro_ms']:.3f}", f"{r['trace_ms']:.3f}",
                  f"{r['bytes'] / 1e6:.2f}" if r["bytes"] else "—",
@@ -247,20 +246,19 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="opt-125m only")
     ap.add_argument("--new-tokens", type=int, default=33)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
-    ap.add_argument("--worker", nargs=2, metavar=("SIZE", "SPARSITY"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", nargs=2, metavar=("SIZE", "KIND"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        size, sp = args.worker
-        print(json.dumps(profile(size, None if sp == "dense" else float(sp), args.new_tokens)))
+        print(json.dumps(profile(*args.worker, args.new_tokens)))
         return 0
 
     import jax
 
     info = common.machine_info()
     info["command"] = "python -m benchmarks.e2e --profile" + (" --quick" if args.quick else "")
-    plan = [("opt-125m", "dense"), ("opt-125m", "0.8")]
+    plan = [("opt-125m", "f32"), ("opt-125m", "0.8")]
     if not args.quick:
-        plan += [("opt-125m", "0.5"), ("opt-350m", "0.8")]
+        plan += [("opt-125m", "bf16"), ("opt-125m", "0.5"), ("opt-350m", "0.8")]
     profiles = []
     for size, sp in plan:
         print(f"{size} {sp} ...", flush=True)

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_flashllm.generation import prefill
 from jax_flashllm.models.checkpoint import load_pretrained
 from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM
+from jax_flashllm.nn import sparsify
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FIXTURES = ["opt_tiny_preln", "opt_tiny_postln"]
@@ -122,3 +124,38 @@ def test_cast_embeddings_keeps_activations_and_halves_the_head():
     after = np.asarray(model(ids))
     assert after.dtype == np.float32
     assert np.abs(after - before).max() < 0.05 * np.abs(before).max()
+
+
+def test_sparse_model_computes_and_caches_in_its_weight_dtype():
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    ids = np.array([[5, 6, 7]])
+    assert model.compute_dtype == jnp.float32
+    assert prefill(model, ids, max_new_tokens=2).cache.k[0].dtype == jnp.float32
+    sparsify(model, 0.5, exclude="layers.1.fc2")
+    assert model.compute_dtype == jnp.float32  # a float32 Linear left: activations stay float32
+    sparsify(model, 0.5)
+    assert model.compute_dtype == jnp.bfloat16
+    cache = prefill(model, ids, max_new_tokens=2).cache
+    assert {a.dtype for a in (*cache.k, *cache.v)} == {jnp.dtype(jnp.bfloat16)}
+    assert model.hidden_states(jnp.asarray(ids)).dtype == jnp.bfloat16
+
+
+def test_decode_step_writes_few_score_sized_buffers():
+    """(B, H, 1, S) float32 buffers a compiled decode step writes: at most four per layer (scores, masked
+    scores, exponentials, their relaid copy; no normalised probabilities, no bf16 rounding pass)."""
+    cfg = OPTConfig.tiny(max_position_embeddings=512)
+    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
+    sparsify(model, 0.5)
+    graphdef, state = nnx.split(model)
+    slots = 200
+    step = jax.jit(lambda state, cache, token: nnx.merge(graphdef, state).decode(token, cache, 5))
+    cache = KVCache.zeros(cfg, 1, slots, model.compute_dtype)
+    text = step.lower(state, cache, jnp.ones((1, 1), jnp.int32)).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+
+    def dims(line):  # the non-unit dims of a float32 result, e.g. "%x = f32[1,4,1,200]{...} op(...)"
+        return sorted(int(d) for d in line.split(" = f32[")[1].split("]")[0].split(",") if d and int(d) != 1)
+
+    sized = [line for line in entry.splitlines() if " = f32[" in line and " bitcast(" not in line
+             and dims(line) == sorted([cfg.num_attention_heads, slots])]
+    assert 0 < len(sized) <= 4 * cfg.num_hidden_layers, sized

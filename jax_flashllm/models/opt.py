@@ -237,18 +237,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Arr
     """Softmax attention. q: (B, T, H, D) already scaled; k: (B, H, D, S); v: (B, H, S, D);
     bias: (B, 1, T, S) float32 (see mask_bias). Returns (B, T, H, D) in q's dtype.
 
-    Scores and sums in float32. The probabilities stay unnormalised until after the second dot, so the
-    (B, H, T, S) tensors written out are the scores and their exponentials, not also a normalised copy.
+    Both dots run in float32: XLA's CPU backend widens 16-bit dot operands to float32 anyway, so a bf16
+    cache is read once per layer into a float32 copy (the price of storing it in half the bytes), and the
+    probabilities stay float32 (rounding them to bf16 only added a pass) and unnormalised until after the
+    second dot (no normalised copy). XLA still writes four (B, H, T, S) float32 buffers per layer: the
+    scores, the masked scores, their exponentials and a relaid copy of those for the second dot
+    (tests/test_opt.py counts them); one would take a fused attention kernel.
     """
     with jax.named_scope("attention"):
+        f32 = jnp.float32
         # (B, H, T, S)
-        scores = jnp.einsum("BTHD,BHDS->BHTS", q.astype(k.dtype), k, preferred_element_type=jnp.float32)
-        scores = scores + bias
+        scores = jnp.einsum("BTHD,BHDS->BHTS", q.astype(f32), k.astype(f32)) + bias
         weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
         # (B, H, T)
         total = jnp.sum(weights, axis=-1)
         # (B, T, H, D)
-        y = jnp.einsum("BHTS,BHSD->BTHD", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        y = jnp.einsum("BHTS,BHSD->BTHD", weights, v.astype(f32))
         return (y / jnp.swapaxes(total, 1, 2)[..., None]).astype(q.dtype)
 
 
