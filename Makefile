@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja "jax>=0.10" "jaxlib>=0.10"
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test install gpu-check bench bench-quick clean
+.PHONY: demo test install gpu-check bench bench-quick bench-e2e clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/generate_opt.py
@@ -42,6 +42,12 @@ bench-quick: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m benchmarks.spmm
+
+# The end-to-end benchmark's dense peer (HF transformers + PyTorch CPU) comes from the pinned extra
+# `peer`, installed here only: `make test` never pulls torch. The CPU wheel index keeps CUDA builds out.
+bench-e2e: $(VENV)/.installed
+	$(PIP) install -q --no-build-isolation --extra-index-url https://download.pytorch.org/whl/cpu -e ".[test,bench,peer]"
+	$(PY) -m benchmarks.e2e --quick
 
 clean:
 	rm -rf build $(VENV) *.egg-info

@@ -51,7 +51,9 @@ def build_ours(size: str, kind: str):
     """Our OPT of the published shape with random weights. kind: "f32" (dense float32 nnx.Linear layers and
     table, as loaded), "bf16" (every Linear in the dense format, bf16, through our kernel) or a sparsity
     ("0.8": every Linear pruned by magnitude, format "auto"); both 16-bit kinds also pack the tied head
-    (bf16, dense format). Returns the model and the bytes of its Linear layers."""
+    (bf16, dense format) and keep the position table in bf16, as HF's bf16 model does. Returns the model
+    and the bytes of its Linear layers."""
+    import jax.numpy as jnp
     from flax import nnx
 
     from jax_flashllm.models import OPTConfig, OPTForCausalLM
@@ -64,6 +66,7 @@ def build_ours(size: str, kind: str):
         sparsify(model, float(kind))
     if kind != "f32":
         model.pack_head()
+        model.cast_embeddings(jnp.bfloat16)  # the position table (the token table is packed)
     linear = [m for _, m in nnx.iter_graph(model) if isinstance(m, (nnx.Linear, SparseLinear))]
     return model, sum(m.weight.nbytes if isinstance(m, SparseLinear) else m.kernel[...].nbytes for m in linear)
 
@@ -186,7 +189,8 @@ def main(argv=None) -> int:
     if args.profile:
         from benchmarks import profile
 
-        return profile.main(rest + (["--quick"] if args.quick else []) + ["--out", str(args.out)])
+        return profile.main(rest + (["--quick"] if args.quick else []) + ["--out", str(args.out),
+                                                                         "--new-tokens", str(args.new_tokens)])
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.worker:

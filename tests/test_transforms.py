@@ -38,7 +38,7 @@ def test_vmap_over_activations_folds_into_n(case):
 def test_vmap_over_weights(case):
     w, s, x = case
     w2 = (w.astype(np.float32) * 2).astype(w.dtype)
-    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s, jf.SparseMatrix.from_dense(w2))
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s, jf.SparseMatrix.from_dense(w2, format=s.format))
     y = jax.vmap(lambda wi: jf.sparse_dense(x, wi))(stacked)
     assert_close_to_reference(y[0], x, w)
     assert_close_to_reference(y[1], x, w2)
