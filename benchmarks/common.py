@@ -183,11 +183,12 @@ def run_worker(module: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def write_results(stem: Path, payload: dict, markdown: str) -> None:
-    """<stem>.json and <stem>.md, and the markdown printed."""
+def write_results(stem: Path, payload: dict, markdown: str, show: bool = True) -> None:
+    """<stem>.json and <stem>.md (and the markdown printed when `show`)."""
     write_json(stem.with_suffix(".json"), payload)
     stem.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    if show:
+        print(markdown)
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

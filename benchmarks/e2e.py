@@ -216,9 +216,12 @@ def main(argv=None) -> int:
                     if key in row:
                         info[key] = row[key]
                 rows.append(row)
-    payload = {"machine": common.finish_machine_info(info), "new_tokens": args.new_tokens, "rounds": rounds,
-               "rows": summarize(rows), "runs": rows}
-    common.write_results(args.out / f"e2e_{jax.devices()[0].platform}", payload, markdown(payload))
+                # Saved after every row: an interrupted run keeps what it measured.
+                payload = {"machine": common.finish_machine_info(dict(info)), "new_tokens": args.new_tokens,
+                           "rounds": rounds, "rows": summarize(rows), "runs": rows}
+                common.write_results(args.out / f"e2e_{jax.devices()[0].platform}", payload, markdown(payload),
+                                     show=False)
+    print((args.out / f"e2e_{jax.devices()[0].platform}.md").read_text())
     return 0
 
 
