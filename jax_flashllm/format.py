@@ -223,7 +223,7 @@ class SparseMatrix:
     def to_dense(self) -> jax.Array:
         """The dense (M, K) matrix in the storage dtype (a jax array; works under jit)."""
         mt, kt = self.tiles
-        tiles = F.get(self.format).dense_tiles(self.values, self.index, self.tile_offsets, mt * kt)
+        tiles = jnp.asarray(F.get(self.format).dense_tiles(self.values, self.index, self.tile_offsets, mt * kt))
         dense = tiles.reshape(mt, kt, C.TILE_M, C.TILE_K).transpose(0, 2, 1, 3).reshape(mt * C.TILE_M, -1)
         return dense[: self.shape[0], : self.shape[1]]
 
