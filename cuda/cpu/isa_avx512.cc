@@ -139,8 +139,13 @@ bool dense_bf16_available() {
   return NC % 8 == 0 && Vec16::dot_bf16_available();
 }
 
+#include "cpu/amx_tile.inc"
+
 template <int NC>
 void dense_bf16_tile(const uint16_t* tile, const float* xk, float* acc) {
+  if constexpr (NC % kAmxCols == 0) {
+    if (active_isa() == Isa::kAmx) return amx_dense_bf16_tile<NC>(tile, xk, acc);
+  }
   const uint32_t* t32 = reinterpret_cast<const uint32_t*>(tile);
   if constexpr (NC == 8) {
     for (int r0 = 0; r0 < kTileM; r0 += 16)
