@@ -47,6 +47,11 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     return p // C.TILE_ELEMS, pos // C.TILE_K, pos % C.TILE_K, None
 
 
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp)."""
+    return values.reshape(tiles, C.TILE_ELEMS)[:, _base.FROM_BLOCK_ORDER]
+
+
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
     """Format-specific invariants (the common ones are checked by the caller)."""
     if index.shape[0] != 0:
@@ -61,13 +66,6 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
             raise ValueError(f"tile {tile} holds nonzeros outside the logical {shape[0]}x{shape[1]} matrix")
 
 
-# _INVERSE[row, col] = where the tile element (row, col) sits among the tile's block-ordered values.
-_INVERSE = np.empty(C.TILE_ELEMS, np.int32)
-_INVERSE[C.BLOCK_ORDER] = np.arange(C.TILE_ELEMS, dtype=np.int32)
-_INVERSE = _INVERSE.reshape(C.TILE_M, C.TILE_K)
-_INVERSE.setflags(write=False)
-
-
 def rows(values, k: int, ids):
     """Rows ``ids`` of a dense-format matrix with ``k`` columns, gathered from its values (T * TILE_ELEMS,):
     a table stored once serves both a kernel's product and an embedding lookup. ids: (...) int ->
@@ -76,9 +74,16 @@ def rows(values, k: int, ids):
     tile_row, r = ids // C.TILE_M, ids % C.TILE_M
     # (..., K tiles): the first value of each tile the row crosses (tiles are row-major)
     starts = (tile_row[..., None] * k_tiles + jnp.arange(k_tiles)) * C.TILE_ELEMS
+    # (TILE_M, TILE_K): where each element of a tile sits among its block-ordered values
+    inverse = jnp.asarray(_base.FROM_BLOCK_ORDER).reshape(C.TILE_M, C.TILE_K)
     # (..., K tiles, TILE_K)
-    where = starts[..., None] + jnp.asarray(_INVERSE)[r][..., None, :]
+    where = starts[..., None] + inverse[r][..., None, :]
     return values[where].reshape(*ids.shape, k_tiles * C.TILE_K)[..., :k]
 
 
-pad = _base.pad_values
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
+    """Dense matrices of one tile grid store equally many values: there is nothing to pad."""
+    if extra:
+        raise ValueError(f"a dense-format matrix stores all {value_bits.shape[0]} values of its tiles and "
+                         f"cannot hold {extra} more")
+    return value_bits, index, offsets
