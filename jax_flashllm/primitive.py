@@ -31,9 +31,8 @@ _FLOAT16 = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 
 def workspace_size(m: int, n: int, split_k: int) -> int:
-    """Float32 elements of split-K scratch: one (N, M_pad) partial per K slice."""
-    m_pad = C.tile_grid(m, 1)[0] * C.TILE_M
-    return split_k * n * m_pad if split_k > 1 else 0
+    """Float32 elements of split-K scratch (partials and arrival counters, _tiling.workspace_size)."""
+    return _tiling.workspace_size(m, n, split_k)
 
 
 def choose_split_k(m: int, k: int, n: int) -> int:
@@ -43,7 +42,9 @@ def choose_split_k(m: int, k: int, n: int) -> int:
     device = jax.devices()[0]
     if device.platform != "gpu":
         return 1
-    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132))
+    cc = str(getattr(device, "compute_capability", "9.0")).split(".")
+    arch = int(cc[0]) * 10 + (int(cc[1]) if len(cc) > 1 else 0)
+    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132), arch)
 
 
 def spmm(x, values, locations, tile_offsets, *, m: int, k: int, split_k: int = 1):
