@@ -42,6 +42,12 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
+    if w.format != "tiled_csl":
+        raise NotImplementedError(f"emulated_spmm: the emulated CUDA kernel reads only the tiled_csl format "
+                                  f"so far, got a {w.format}-format matrix (the bitmap CUDA kernel is "
+                                  "issue #10); encode with format='tiled_csl'")
+    if validate:
+        w.validate()  # the emulated kernel, like the real one, trusts its buffers
     dtype = _DTYPES.get(np.dtype(w.dtype).name)
     if dtype is None:
         raise TypeError(f"emulated_spmm: unsupported matrix dtype {w.dtype}")
@@ -50,13 +56,11 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     if x.ndim != 2 or x.shape[1] != k:
         raise ValueError(f"emulated_spmm: x must have shape (N, {k}), got {x.shape}")
     n = x.shape[0]
-    if validate:
-        w.validate()
     if split_k is None:
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    locations = np.ascontiguousarray(np.asarray(w.locations)).view(np.uint16)
+    locations = np.ascontiguousarray(np.asarray(w.index)).view(np.uint16)
     offsets = np.ascontiguousarray(np.asarray(w.tile_offsets)).view(np.int32)
     y_bits, stats = _flashllm_emu.spmm(values, locations, offsets, x_bits, m, k, dtype.name,
                                        int(split_k), _config_arg(config))
@@ -91,7 +95,7 @@ def kernel_view_dense(w: SparseMatrix) -> np.ndarray | None:
     value). Returns a numpy array in w.dtype.
     """
     values = np.asarray(w.values).astype(np.float32)
-    locs = np.asarray(w.locations).astype(np.int64) % C.TILE_ELEMS
+    locs = np.asarray(w.index).astype(np.int64) % C.TILE_ELEMS
     offs = np.asarray(w.tile_offsets).astype(np.int64)
     mt_n, kt_n = w.tiles
     out = np.zeros((mt_n * C.TILE_M, kt_n * C.TILE_K), np.float32)

@@ -83,26 +83,26 @@ def cases(rng):
         for i, n in enumerate((1, 8, 16, 17, 33, 65, 130)):
             m, k = (300, 700, 129)[i % 3], (1000, 197, 520)[i % 3]
             split = (1, 2, 3, 5, 8, 11, 16)[i]
-            w = SparseMatrix.from_dense(sparse(rng, m, k, (0.5, 0.7, 0.8, 0.9)[i % 4], dtype), dtype=dtype)
+            w = SparseMatrix.from_dense(sparse(rng, m, k, (0.5, 0.7, 0.8, 0.9)[i % 4], dtype), dtype=dtype, format="tiled_csl")
             out.append((f"v1_{dn}_n{n}_m{m}_k{k}_split{split}", w, rng.standard_normal((n, k)).astype(dtype), split, -1, 0))
         # Forced configs on dense and empty tiles, split-K up to 16.
         for ci, cfg in enumerate(_tiling.CONFIGS):
             split = (1, 4, 16, 2)[ci]
-            w = SparseMatrix.from_dense(mixed(rng, 301, 250, dtype), dtype=dtype)
+            w = SparseMatrix.from_dense(mixed(rng, 301, 250, dtype), dtype=dtype, format="tiled_csl")
             out.append((f"v1_{dn}_{cfg.name}_mixed_split{split}", w, rng.standard_normal((20, 250)).astype(dtype), split, ci, 0))
     # A decode shape at the split the dispatcher picks for an H200.
-    w = SparseMatrix.from_dense(sparse(rng, 2048, 4096, 0.9, BF16), dtype=BF16)
+    w = SparseMatrix.from_dense(sparse(rng, 2048, 4096, 0.9, BF16), dtype=BF16, format="tiled_csl")
     split = _tiling.choose_split_k(2048, 4096, 8, EMULATED_NUM_SMS)
     out.append((f"v1_bf16_decode2048x4096_n8_split{split}", w, rng.standard_normal((8, 4096)).astype(BF16), split, -1, 0))
     # NaN in x: NaN rows in y exactly where float64 has them.
-    w = SparseMatrix.from_dense(sparse(rng, 260, 512, 0.8, BF16), dtype=BF16)
+    w = SparseMatrix.from_dense(sparse(rng, 260, 512, 0.8, BF16), dtype=BF16, format="tiled_csl")
     x = rng.standard_normal((5, 512)).astype(BF16)
     x[2, 7] = np.nan
     out.append(("v1_bf16_nan_split4", w, x, 4, -1, 0))
     # Malformed arrays (what a matrix rebuilt under jit may hold): the GPU must not fault, and
     # malformed tiles count as empty.
     for split in (1, 3):
-        w = SparseMatrix.from_dense(mixed(rng, 384, 320, BF16), dtype=BF16)
+        w = SparseMatrix.from_dense(mixed(rng, 384, 320, BF16), dtype=BF16, format="tiled_csl")
         offs = np.asarray(w.tile_offsets).copy()
         t = offs.size // 2
         offs[t] += 4  # tiles t-1 and t unaligned
@@ -122,10 +122,10 @@ def write(path: Path, w, x, split, config, flags, y):
     check(y, ref, scale, w.dtype, path.stem)
     m, k = w.shape
     values = np.ascontiguousarray(np.asarray(w.values)).view(np.uint16)
-    index = np.ascontiguousarray(np.asarray(w.locations)).view(np.uint8)
+    index = np.ascontiguousarray(np.asarray(w.index)).view(np.uint8)  # the format's index, as raw bytes
     with open(path, "wb") as f:
         f.write(MAGIC)
-        f.write(struct.pack("<8i", C.FORMAT_TILED_CSL,
+        f.write(struct.pack("<8i", w.format_id,
                             DTYPE_CODE[np.dtype(w.dtype)], m, k, x.shape[0], split, config, flags))
         f.write(struct.pack("<2q", values.size, index.size))
         for a in (values, index, np.asarray(w.tile_offsets, np.int32), x.view(np.uint16),

@@ -46,7 +46,7 @@ def _mixed(seed, dtype, m=384, k=320):
             blk = w[mt * 128:(mt + 1) * 128, kt * 64:(kt + 1) * 64]
             blk[...] = rng.standard_normal(blk.shape) * (rng.random(blk.shape) < d)
     dense = w.astype(dtype)
-    return SparseMatrix.from_dense(dense, dtype=dtype), dense
+    return SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl"), dense
 
 
 def _rebuilt(w, values=None, locations=None, offsets=None):
@@ -148,7 +148,7 @@ def test_fuzzed_matrices_never_fault(garbage_races):
         values = rng.standard_normal(p).astype(DTYPES[trial % 2])
         locations = rng.integers(0, 2**16, p).astype(np.uint16)
         offsets = rng.integers(-p - 16, p + 16, tiles + 1).astype(np.int32)
-        w = SparseMatrix.tree_unflatten(((m, k), values.dtype.name, C.FORMAT_VERSION),
+        w = SparseMatrix.tree_unflatten(((m, k), values.dtype.name, "tiled_csl"),
                                         (values, locations, offsets))
         x = rng.standard_normal((int(rng.integers(1, 40)), k)).astype(values.dtype)
         y = emulated_spmm(w, x, validate=False, split_k=int(rng.integers(1, 5)))
@@ -168,7 +168,7 @@ def test_split_k_bit_identical_across_block_orders(config, block_order):
     dtype = DTYPES[0]
     rng = np.random.default_rng(10)
     dense = random_sparse(rng, (300, 1100), 0.7).astype(dtype)
-    w = SparseMatrix.from_dense(dense, dtype=dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl")
     x = rng.standard_normal((40, 1100)).astype(dtype)
     for split_k in (2, 5, 16):
         results = []
@@ -198,7 +198,7 @@ def test_split_k_with_nan_inputs_keeps_the_nan_pattern():
     dtype = DTYPES[1]
     rng = np.random.default_rng(12)
     dense = random_sparse(rng, (260, 512), 0.8).astype(dtype)
-    w = SparseMatrix.from_dense(dense, dtype=dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl")
     x = rng.standard_normal((5, 512)).astype(dtype)
     x[2, 7] = np.nan
     y = emulated_spmm(w, x, split_k=4)

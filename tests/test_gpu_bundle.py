@@ -66,7 +66,7 @@ def test_golden_bound_passes_the_kernel_and_catches_one_wrong_output():
     mod = _cases_module()
     rng = np.random.default_rng(1)
     dense = random_sparse(rng, (300, 1000), 0.7).astype(mod.BF16)
-    w = SparseMatrix.from_dense(dense, dtype=mod.BF16)
+    w = SparseMatrix.from_dense(dense, dtype=mod.BF16, format="tiled_csl")
     x = rng.standard_normal((8, 1000)).astype(mod.BF16)
     ref = x.astype(np.float64) @ dense.astype(np.float64).T
     scale = np.abs(x.astype(np.float64)) @ np.abs(dense.astype(np.float64)).T

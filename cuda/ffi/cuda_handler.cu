@@ -27,13 +27,15 @@ ffi::Error invalid(const std::string& what) {
 }
 
 ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer values,
-                                ffi::Buffer<ffi::U16> locations,
+                                ffi::AnyBuffer index,
                                 ffi::Buffer<ffi::S32> tile_offsets, ffi::Result<ffi::AnyBuffer> y,
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
-                                int64_t split_k) {
+                                int64_t split_k, int64_t format) {
   int64_t n = 0;
-  if (std::string why = check_spmm_buffers(x, values, locations, tile_offsets, *y, m, k, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
     return invalid(why);
+  if (format != kFormatTiledCsl)
+    return invalid("format " + std::to_string(format) + " is not implemented by this CUDA kernel build");
   const auto dtype = x.element_type();
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
@@ -50,13 +52,13 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
   // The kernel's 16-byte loads need 16-byte aligned arrays (XLA allocates them so; a view into
   // another buffer might not be).
   if (reinterpret_cast<uintptr_t>(values.untyped_data()) % 16 != 0 ||
-      reinterpret_cast<uintptr_t>(locations.untyped_data()) % 16 != 0)
-    return invalid("values and locations must be 16-byte aligned");
+      reinterpret_cast<uintptr_t>(index.untyped_data()) % 16 != 0)
+    return invalid("values and index must be 16-byte aligned");
 
   SpmmParams p{};
   p.x = static_cast<const uint16_t*>(x.untyped_data());
   p.values = static_cast<const uint16_t*>(values.untyped_data());
-  p.locations = locations.typed_data();
+  p.locations = static_cast<const uint16_t*>(index.untyped_data());
   p.tile_offsets = tile_offsets.typed_data();
   p.y = static_cast<uint16_t*>(y->untyped_data());
   if (split_k > 1) {
@@ -84,11 +86,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashllmSpmmCuda, flashllm::FlashllmSpmmCudaImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<ffi::AnyBuffer>()         // x (N, K)
                                   .Arg<ffi::AnyBuffer>()         // values (P,)
-                                  .Arg<ffi::Buffer<ffi::U16>>()  // locations (P,)
+                                  .Arg<ffi::AnyBuffer>()         // index (per format)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // tile_offsets (T + 1,)
                                   .Ret<ffi::AnyBuffer>()         // y (N, M)
                                   .Ret<ffi::AnyBuffer>()         // workspace (split_k * N * M_pad,) f32
                                   .Attr<int64_t>("m")
                                   .Attr<int64_t>("k")
-                                  .Attr<int64_t>("split_k"),
+                                  .Attr<int64_t>("split_k")
+                                  .Attr<int64_t>("format"),      // format id (format.h)
                               {xla::ffi::Traits::kCmdBufferCompatible});
