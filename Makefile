@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja "jax>=0.10" "jaxlib>=0.10"
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test install gpu-check gpu-bundle bench bench-quick clean
+.PHONY: demo test install peer gpu-check gpu-bundle bench bench-quick clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/generate_opt.py
@@ -32,10 +32,7 @@ $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SRC)
 	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
 
-# Here, without a GPU: build/gpu-bundle/ (<= 48 MiB), a self-contained device check (docs/gpu.md):
-# the harness binary, golden cases from the host emulation, speed cases, sources, run.sh.
-gpu-bundle: $(VENV)/.installed
-	PYTHON=$(PY) bash scripts/make_gpu_bundle.sh
+.PHONY: demo test install peer gpu-check gpu-bundle bench bench-quick clean
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
 # are already installed (docs/gpu.md): step 1 the bundle, step 2 the JAX path (build in place for
