@@ -36,6 +36,11 @@ import numpy as np
 from jax_flashllm import SparseMatrix, _constants as C, _tiling
 from jax_flashllm.testing import EMULATED_NUM_SMS, emulated_spmm, kernel_view_dense
 
+# The formats with a CUDA kernel (and its emulation), and their case-name tags. The bitmap (v2) and
+# dense (v3) kernels add "bitmap": "v2", "dense": "v3" here, and their entries in
+# cuda/harness/formats.cuh (launch, device generator); every case line carries its format id.
+FORMATS = {"tiled_csl": "v1"}
+FORMAT_IDS = {"tiled_csl": C.FORMAT_TILED_CSL, "bitmap": C.FORMAT_BITMAP, "dense": C.FORMAT_DENSE}
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 DTYPE_CODE = {F16: 0, BF16: 1}
@@ -75,32 +80,33 @@ def mixed(rng, m, k, dtype):
 
 
 def cases(rng):
-    """(name, w SparseMatrix, x, split_k, config, flags)."""
+    """(name, w SparseMatrix, x, split_k, config, flags) for every format of FORMATS."""
     out = []
-    for dtype in (BF16, F16):
-        dn = "bf16" if dtype == BF16 else "fp16"
-        # Every N class and its edges; ragged M, K % 8 != 0 (element-wise x path) and K % 64 != 0.
-        for i, n in enumerate((1, 8, 16, 17, 33, 65, 130)):
-            m, k = (300, 700, 129)[i % 3], (1000, 197, 520)[i % 3]
-            split = (1, 2, 3, 5, 8, 11, 16)[i]
-            w = SparseMatrix.from_dense(sparse(rng, m, k, (0.5, 0.7, 0.8, 0.9)[i % 4], dtype), dtype=dtype, format="tiled_csl")
-            out.append((f"v1_{dn}_n{n}_m{m}_k{k}_split{split}", w, rng.standard_normal((n, k)).astype(dtype), split, -1, 0))
-        # Forced configs on dense and empty tiles, split-K up to 16.
-        for ci, cfg in enumerate(_tiling.CONFIGS):
-            split = (1, 4, 16, 2)[ci]
-            w = SparseMatrix.from_dense(mixed(rng, 301, 250, dtype), dtype=dtype, format="tiled_csl")
-            out.append((f"v1_{dn}_{cfg.name}_mixed_split{split}", w, rng.standard_normal((20, 250)).astype(dtype), split, ci, 0))
-    # A decode shape at the split the dispatcher picks for an H200.
-    w = SparseMatrix.from_dense(sparse(rng, 2048, 4096, 0.9, BF16), dtype=BF16, format="tiled_csl")
-    split = _tiling.choose_split_k(2048, 4096, 8, EMULATED_NUM_SMS)
-    out.append((f"v1_bf16_decode2048x4096_n8_split{split}", w, rng.standard_normal((8, 4096)).astype(BF16), split, -1, 0))
-    # NaN in x: NaN rows in y exactly where float64 has them.
-    w = SparseMatrix.from_dense(sparse(rng, 260, 512, 0.8, BF16), dtype=BF16, format="tiled_csl")
-    x = rng.standard_normal((5, 512)).astype(BF16)
-    x[2, 7] = np.nan
-    out.append(("v1_bf16_nan_split4", w, x, 4, -1, 0))
+    for fmt, tag in FORMATS.items():
+        for dtype in (BF16, F16):
+            dn = "bf16" if dtype == BF16 else "fp16"
+            # Every N class and its edges; ragged M, K % 8 != 0 (element-wise x path), K % 64 != 0.
+            for i, n in enumerate((1, 8, 16, 17, 33, 65, 130)):
+                m, k = (300, 700, 129)[i % 3], (1000, 197, 520)[i % 3]
+                split = (1, 2, 3, 5, 8, 11, 16)[i]
+                w = SparseMatrix.from_dense(sparse(rng, m, k, (0.5, 0.7, 0.8, 0.9)[i % 4], dtype), dtype=dtype, format=fmt)
+                out.append((f"{tag}_{dn}_n{n}_m{m}_k{k}_split{split}", w, rng.standard_normal((n, k)).astype(dtype), split, -1, 0))
+            # Forced configs on dense and empty tiles, split-K up to 16.
+            for ci, cfg in enumerate(_tiling.CONFIGS):
+                split = (1, 4, 16, 2)[ci]
+                w = SparseMatrix.from_dense(mixed(rng, 301, 250, dtype), dtype=dtype, format=fmt)
+                out.append((f"{tag}_{dn}_{cfg.name}_mixed_split{split}", w, rng.standard_normal((20, 250)).astype(dtype), split, ci, 0))
+        # A decode shape at the split the dispatcher picks for an H200.
+        w = SparseMatrix.from_dense(sparse(rng, 2048, 4096, 0.9, BF16), dtype=BF16, format=fmt)
+        split = _tiling.choose_split_k(2048, 4096, 8, EMULATED_NUM_SMS)
+        out.append((f"{tag}_bf16_decode2048x4096_n8_split{split}", w, rng.standard_normal((8, 4096)).astype(BF16), split, -1, 0))
+        # NaN in x: NaN rows in y exactly where float64 has them.
+        w = SparseMatrix.from_dense(sparse(rng, 260, 512, 0.8, BF16), dtype=BF16, format=fmt)
+        x = rng.standard_normal((5, 512)).astype(BF16)
+        x[2, 7] = np.nan
+        out.append((f"{tag}_bf16_nan_split4", w, x, 4, -1, 0))
     # Malformed arrays (what a matrix rebuilt under jit may hold): the GPU must not fault, and
-    # malformed tiles count as empty.
+    # malformed tiles count as empty (expected values from testing.kernel_view_dense, Tiled-CSL).
     for split in (1, 3):
         w = SparseMatrix.from_dense(mixed(rng, 384, 320, BF16), dtype=BF16, format="tiled_csl")
         offs = np.asarray(w.tile_offsets).copy()
@@ -108,7 +114,7 @@ def cases(rng):
         offs[t] += 4  # tiles t-1 and t unaligned
         offs[-1] = np.asarray(w.values).size + 64  # last tile past the end
         offs[2] = -8  # tiles 1 and 2 negative / reversed
-        bad = SparseMatrix.tree_unflatten(w.tree_flatten()[1], (w.values, w.locations, offs.astype(np.int32)))
+        bad = SparseMatrix.tree_unflatten(w.tree_flatten()[1], (w.values, w.index, offs.astype(np.int32)))
         out.append((f"v1_bf16_malformed_split{split}", bad, rng.standard_normal((9, 320)).astype(BF16), split, -1, 1))
     return out
 
@@ -143,15 +149,17 @@ H200_SMS, H200_ARCH = 132, 90
 def speed_cases() -> list[str]:
     lines = []
     h = OPT_SIZES["opt-66b"][0]
-    for split in (1, 2, 3, 4, 6, 8, 11, 12, 16):  # the split_k sweep: OPT-66B q/k/v/out, N = 8, 80 %
-        lines.append(f"speed sweep_opt-66b_qkvo_n8_s80_split{split} {C.FORMAT_TILED_CSL} bfloat16 {h} {h} 8 0.8 {split}")
-    for sparsity in SPEED_SPARSITIES:
-        for model, (h, f) in OPT_SIZES.items():
-            for layer, (m, k) in (("qkvo", (h, h)), ("fc1", (f, h)), ("fc2", (h, f))):
-                for n in SPEED_NS:
-                    split = _tiling.choose_split_k(m, k, n, H200_SMS, H200_ARCH)
-                    name = f"v1_{model}_{layer}_n{n}_s{round(sparsity * 100)}"
-                    lines.append(f"speed {name} {C.FORMAT_TILED_CSL} bfloat16 {m} {k} {n} {sparsity} {split}")
+    for fmt, tag in FORMATS.items():
+        fid = FORMAT_IDS[fmt]
+        for split in (1, 2, 3, 4, 6, 8, 11, 12, 16):  # split_k sweep: OPT-66B q/k/v/out, N = 8, 80 %
+            lines.append(f"speed sweep_{tag}_opt-66b_qkvo_n8_s80_split{split} {fid} bfloat16 {h} {h} 8 0.8 {split}")
+        for sparsity in SPEED_SPARSITIES:
+            for model, (hid, f) in OPT_SIZES.items():
+                for layer, (m, k) in (("qkvo", (hid, hid)), ("fc1", (f, hid)), ("fc2", (hid, f))):
+                    for n in SPEED_NS:
+                        split = _tiling.choose_split_k(m, k, n, H200_SMS, H200_ARCH)
+                        name = f"{tag}_{model}_{layer}_n{n}_s{round(sparsity * 100)}"
+                        lines.append(f"speed {name} {fid} bfloat16 {m} {k} {n} {sparsity} {split}")
     return lines
 
 
