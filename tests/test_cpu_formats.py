@@ -50,9 +50,9 @@ def _with_empty_and_full_tiles(rng, shape, sparsity, dtype):
     return w.astype(dtype)
 
 
-# 1 is the dense-tile GEMV; 2-17 cross the 4/8/16-wide chunks; 64 the widest chunk; dense tiles take
-# the bf16 micro-GEMM at every N >= 2 where the CPU has AVX512_BF16, sparse ones cross the switch.
-@pytest.mark.parametrize("n", [1, 2, 7, 8, 16, 17, 64])
+# N = 1-4 go column by column through the tile (bf16 with AVX512_BF16), 7-17 cross the 8/16-wide chunks of
+# the dense-tile multiply, 64 is the widest chunk, 67 = 64 + a 3-column chunk.
+@pytest.mark.parametrize("n", [1, 2, 4, 7, 8, 16, 17, 64, 67])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_against_oracle(isa, fmt, dtype, n):

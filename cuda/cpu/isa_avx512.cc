@@ -139,8 +139,13 @@ bool dense_bf16_available() {
   return NC % 8 == 0 && Vec16::dot_bf16_available();
 }
 
+#include "cpu/amx_tile.inc"
+
 template <int NC>
 void dense_bf16_tile(const uint16_t* tile, const float* xk, float* acc) {
+  if constexpr (NC % kAmxCols == 0) {
+    if (active_isa() == Isa::kAmx) return amx_dense_bf16_tile<NC>(tile, xk, acc);
+  }
   const uint32_t* t32 = reinterpret_cast<const uint32_t*>(tile);
   if constexpr (NC == 8) {
     for (int r0 = 0; r0 < kTileM; r0 += 16)
@@ -196,9 +201,9 @@ void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t
 
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
-  if (width == 1 && D == Dtype::kBFloat16 && has_block_gemv(s.p->format)) {
-    if (s.p->format == kFormatDense) block_gemv_bf16<false>(s, mt, chunk);
-    else block_gemv_bf16<true>(s, mt, chunk);
+  if (width <= kBlockGemvMaxCols && D == Dtype::kBFloat16 && has_block_gemv(s.p->format)) {
+    if (s.p->format == kFormatDense) block_gemv_bf16<false>(s, mt, chunk, width);
+    else block_gemv_bf16<true>(s, mt, chunk, width);
   } else if (width == 1) tile_task_gemv<Vec16, D>(s, mt, chunk);
   else if (width == 4) tile_task<Vec4, 1, D>(s, mt, chunk);
   else if (width == 8) tile_task<Vec8, 1, D>(s, mt, chunk);
