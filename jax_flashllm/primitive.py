@@ -1,13 +1,14 @@
 """The `flashllm_spmm` primitive: shape rule, FFI lowering per platform, batching and autodiff.
 
     flashllm_spmm(x (N, K), values (P,), index, tile_offsets (T+1,) int32;
-                  m, k, split_k, format) -> (y (N, M) x.dtype, workspace (split_k * N * M_pad,) float32)
+                  m, k, split_k, format) -> (y (N, M) x.dtype, workspace (workspace_size(m, N, split_k),) float32)
 
 `format` is the weight's format id (jax_flashllm.formats: 1 tiled_csl, 2 bitmap, 3 dense), which fixes
 the index's dtype and shape; the FFI handlers pick their kernel by it.
 
-The workspace is the CUDA kernel's split-K scratch: a result sized here so the handler allocates
-nothing (empty when split_k == 1). Public code calls `jax_flashllm.sparse_dense`, not this.
+The workspace is the CUDA kernel's split-K scratch (fp32 partials and per-output-tile arrival
+counters, cuda/kernel/splitk.cuh): a result sized here so the handler allocates nothing (empty when
+split_k == 1). Public code calls `jax_flashllm.sparse_dense`, not this.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ _FLOAT16 = (np.dtype(jnp.float16), np.dtype(jnp.bfloat16))
 
 
 def workspace_size(m: int, n: int, split_k: int) -> int:
-    """Float32 elements of split-K scratch: one (N, M_pad) partial per K slice."""
-    m_pad = C.tile_grid(m, 1)[0] * C.TILE_M
-    return split_k * n * m_pad if split_k > 1 else 0
+    """Float32 elements of split-K scratch (partials and arrival counters, _tiling.workspace_size)."""
+    return _tiling.workspace_size(m, n, split_k)
 
 
 def choose_split_k(m: int, k: int, n: int) -> int:
@@ -47,7 +47,9 @@ def choose_split_k(m: int, k: int, n: int) -> int:
     device = jax.devices()[0]
     if device.platform != "gpu":
         return 1
-    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132))
+    cc = str(getattr(device, "compute_capability", "9.0")).split(".")
+    arch = int(cc[0]) * 10 + (int(cc[1]) if len(cc) > 1 else 0)
+    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132), arch)
 
 
 def spmm(x, values, index, tile_offsets, *, m: int, k: int, split_k: int = 1, format: int = F.tiled_csl.ID):

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from jax_flashllm import _constants as C
 from jax_flashllm import _tiling
 from jax_flashllm.format import SparseMatrix
 
-__all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
+__all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats", "kernel_view_dense"]
 
 # SM count the default split-K choice assumes under emulation (H100 / H200), so that
 # emulated_spmm(w, x) runs what sparse_dense would launch on such a GPU.
@@ -31,12 +32,13 @@ def _config_arg(config) -> int:
     return int(config)
 
 
-def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None, validate: bool = True):
+def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None,
+                        validate: bool = True):
     """Like `emulated_spmm`, also returning the emulator's memory statistics.
 
     Returns (y, stats): y (N, M) numpy in w.dtype; stats a dict with smem_wavefronts,
-    smem_requests, smem_bank_conflicts, gmem_requests, gmem_sectors (summed over the SpMM and,
-    with split_k > 1, the reduce launch) and config (the tiling config's name).
+    smem_requests, smem_bank_conflicts, gmem_requests, gmem_sectors and config (the tiling
+    config's name).
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
@@ -58,8 +60,8 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    locations = np.ascontiguousarray(np.asarray(w.index), dtype=np.uint16)
-    offsets = np.ascontiguousarray(np.asarray(w.tile_offsets), dtype=np.int32)
+    locations = np.ascontiguousarray(np.asarray(w.index)).view(np.uint16)
+    offsets = np.ascontiguousarray(np.asarray(w.tile_offsets)).view(np.int32)
     y_bits, stats = _flashllm_emu.spmm(values, locations, offsets, x_bits, m, k, dtype.name,
                                        int(split_k), _config_arg(config))
     return np.asarray(y_bits).view(dtype), dict(stats)
@@ -70,10 +72,41 @@ def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None
     """y = x @ w.to_dense().T computed by the CUDA kernel's source under host emulation.
 
     w: SparseMatrix (M, K) float16 | bfloat16. x: (N, K) array-like, cast to w's dtype.
-    split_k: K slices (fp32 partials + reduce kernel); None: what the GPU dispatcher would choose
-    for a GPU with EMULATED_NUM_SMS SMs. config: None (chosen by N, as on the GPU), a name from
-    jax_flashllm._tiling.CONFIGS (e.g. "256x16") or its index, to force a block tile.
-    validate: check w first (False: hand the raw buffers over, to test the kernel's own guards).
+    split_k: K slices (fp32 partials, reduced in split order by the last block of each output
+    tile); None: what the GPU dispatcher would choose for a GPU with EMULATED_NUM_SMS SMs (sm_90).
+    config: None (chosen by N, as on the GPU), a name from jax_flashllm._tiling.CONFIGS (e.g.
+    "256x16") or its index, to force a block tile.
+    validate: check w's arrays first (SparseMatrix.validate, ValueError), as the CPU path does.
+    False hands the arrays to the kernel unchecked, as the GPU path must (it cannot read device
+    data on the host): a malformed tile then counts as empty, and the emulator's address checks
+    prove that no load leaves the arrays (an emulated fault raises RuntimeError).
     Returns y: (N, M) numpy array in w.dtype (fp32 accumulation, one rounding).
     """
     return emulated_spmm_stats(w, x, split_k=split_k, config=config, validate=validate)[0]
+
+
+def kernel_view_dense(w: SparseMatrix) -> np.ndarray | None:
+    """The (M, K) matrix the GPU kernel multiplies by for w's arrays, valid or not (Tiled-CSL).
+
+    A tile whose range [tile_offsets[t], tile_offsets[t + 1]) is negative, reversed, past the end
+    of the arrays, not a multiple of 8 at either end or longer than a tile counts as empty; a
+    location is taken modulo the tile. For a valid matrix this is w.to_dense(). None where the
+    kernel's result is not defined: a location repeated inside one range (the scatter keeps either
+    value). Returns a numpy array in w.dtype.
+    """
+    values = np.asarray(w.values).astype(np.float32)
+    locs = np.asarray(w.index).astype(np.int64) % C.TILE_ELEMS
+    offs = np.asarray(w.tile_offsets).astype(np.int64)
+    mt_n, kt_n = w.tiles
+    out = np.zeros((mt_n * C.TILE_M, kt_n * C.TILE_K), np.float32)
+    for t in range(mt_n * kt_n):
+        b, e = offs[t], offs[t + 1]
+        if b < 0 or b >= e or e > values.size or e - b > C.TILE_ELEMS or b % C.NNZ_ALIGN or e % C.NNZ_ALIGN:
+            continue
+        loc = locs[b:e]
+        if np.unique(loc).size != loc.size:
+            return None
+        rows, cols = C.unswizzle(loc)
+        mt, kt = divmod(t, kt_n)
+        out[mt * C.TILE_M + rows, kt * C.TILE_K + cols] = values[b:e]
+    return out[:w.shape[0], :w.shape[1]].astype(w.dtype)

@@ -1,5 +1,5 @@
-// The dispatch (dispatch.cuh) and the split-K reduce instantiations. The SpMM instantiations are
-// declared extern here and compiled one per file in inst/, so this file stays small.
+// The dispatch (dispatch.cuh). The SpMM instantiations are declared extern here and compiled one
+// per file in inst/, so this file stays small (it holds no kernel).
 #include "launch_impl.cuh"
 
 namespace flashllm {
@@ -13,9 +13,6 @@ FLASHLLM_EXTERN_SPMM(Traits256x32)
 FLASHLLM_EXTERN_SPMM(Traits128x64)
 FLASHLLM_EXTERN_SPMM(Traits128x128)
 #undef FLASHLLM_EXTERN_SPMM
-
-template std::string launch_splitk_reduce<Fp16>(const SpmmParams&, StreamHandle);
-template std::string launch_splitk_reduce<Bf16>(const SpmmParams&, StreamHandle);
 
 }  // namespace flashllm
 
