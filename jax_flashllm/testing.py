@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from jax_flashllm import _tiling
+from jax_flashllm import _constants, _tiling
 from jax_flashllm.format import SparseMatrix
 
 __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
@@ -16,6 +16,20 @@ __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
 EMULATED_NUM_SMS = 132
 
 _DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+# SparseMatrix.format -> (format id of the FFI attribute / kernel dispatch, index dtype).
+_FORMATS = {"tiled_csl": (_constants.FORMAT_TILED_CSL, np.uint16),
+            "bitmap": (_constants.FORMAT_BITMAP, np.uint32),
+            "dense": (_constants.FORMAT_DENSE, np.uint32)}
+
+
+def _index_arrays(w):
+    """(format id, index as a contiguous numpy array of the format's dtype)."""
+    fmt = getattr(w, "format", "tiled_csl")
+    if fmt not in _FORMATS:
+        raise ValueError(f"emulated_spmm: unknown format {fmt!r}")
+    fid, idt = _FORMATS[fmt]
+    index = w.index if hasattr(w, "index") else w.locations
+    return fid, np.ascontiguousarray(np.asarray(index), dtype=idt)
 
 
 def _config_arg(config) -> int:
@@ -52,17 +66,18 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    locations = np.ascontiguousarray(np.asarray(w.locations), dtype=np.uint16)
+    fid, index = _index_arrays(w)
     offsets = np.ascontiguousarray(np.asarray(w.tile_offsets), dtype=np.int32)
-    y_bits, stats = _flashllm_emu.spmm(values, locations, offsets, x_bits, m, k, dtype.name,
-                                       int(split_k), _config_arg(config))
+    y_bits, stats = _flashllm_emu.spmm(values, index, offsets, x_bits, m, k, dtype.name,
+                                       int(split_k), _config_arg(config), fid)
     return np.asarray(y_bits).view(dtype), dict(stats)
 
 
 def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None) -> np.ndarray:
     """y = x @ w.to_dense().T computed by the CUDA kernel's source under host emulation.
 
-    w: SparseMatrix (M, K) float16 | bfloat16. x: (N, K) array-like, cast to w's dtype.
+    w: SparseMatrix (M, K) float16 | bfloat16 in any format (tiled_csl, bitmap, dense: the GPU
+    dispatcher's kernel for that format). x: (N, K) array-like, cast to w's dtype.
     split_k: K slices (fp32 partials + reduce kernel); None: what the GPU dispatcher would choose
     for a GPU with EMULATED_NUM_SMS SMs. config: None (chosen by N, as on the GPU), a name from
     jax_flashllm._tiling.CONFIGS (e.g. "256x16") or its index, to force a block tile.

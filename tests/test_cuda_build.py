@@ -27,6 +27,8 @@ _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 _TRAITS = re.compile(r"SpmmTraitsILi(\d+)ELi(\d+)E")
+# BitmapTraits<SpmmTraits<...>, kDense>: the bool argument mangles as Lb1E (true) / Lb0E (false).
+_BITMAP_DENSE = re.compile(r"BitmapTraitsI.*ELb1EE")
 
 
 def _ptxas_report(source: pathlib.Path, arch: int, out_dir: str) -> dict[str, dict]:
@@ -61,16 +63,30 @@ def reports(tmp_path_factory):
 
 
 def _dynamic_smem():
-    """(block_m, block_n) -> dynamic shared memory bytes, from the compiled tiling table."""
+    """(kernel family, block_m, block_n) -> dynamic shared memory bytes, from the compiled tables
+    (family: "csl" = spmm_kernel, "bitmap" / "dense" = spmm_bitmap_kernel<BitmapTraits<., false / true>>)."""
     emu = pytest.importorskip("jax_flashllm._flashllm_emu")
-    return {(row[2], row[3]): row[4] for row in emu.spmm_configs()}
+    out = {}
+    for row, (name, bitmap, dense) in zip(emu.spmm_configs(), emu.spmm_bitmap_smem()):
+        assert row[0] == name
+        out[("csl", row[2], row[3])] = row[4]
+        out[("bitmap", row[2], row[3])] = bitmap
+        out[("dense", row[2], row[3])] = dense
+    return out
+
+
+def _family(kernel_name: str) -> str:
+    """Kernel family of a mangled kernel name (see _dynamic_smem)."""
+    if "spmm_bitmap_kernel" not in kernel_name:
+        return "csl"
+    return "dense" if _BITMAP_DENSE.search(kernel_name) else "bitmap"
 
 
 def test_every_instantiation_compiled_alone(reports):
     # One SpMM kernel per instantiation file (no accidental implicit instantiations that would
     # multiply the multi-arch build time); the reduce kernels live in launcher.cu only.
     for (src, arch), rep in reports.items():
-        spmm = [k for k in rep if "spmm_kernel" in k]
+        spmm = [k for k in rep if "spmm_kernel" in k or "spmm_bitmap_kernel" in k]
         reduce = [k for k in rep if "splitk_reduce" in k]
         if src.name == "launcher.cu":
             assert not spmm and len(reduce) == 2, (src.name, arch, list(rep))
@@ -92,7 +108,7 @@ def test_shared_memory_within_block_limit(reports):
     for (src, arch), rep in reports.items():
         for name, r in rep.items():
             if m := _TRAITS.search(name):
-                tile = (int(m.group(1)), int(m.group(2)))
+                tile = (_family(name), int(m.group(1)), int(m.group(2)))
                 seen.add(tile)
                 total = r["smem"] + dynamic[tile]
                 assert total <= SMEM_LIMIT[arch], (src.name, arch, total)

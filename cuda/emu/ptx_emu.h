@@ -25,6 +25,7 @@ void cp_async_wait(int n);
 uint4 ldg_128(const void* gmem, CallSite site);
 uint32_t ldg_32(const void* gmem, CallSite site);
 void sts_16(void* smem, uint16_t v, CallSite site);
+uint16_t lds_16(const void* smem, CallSite site);
 void sts_32(void* smem, float v, CallSite site);
 void sts_128(void* smem, uint4 v, CallSite site);
 float lds_32(const void* smem, CallSite site);
@@ -109,6 +110,11 @@ inline uint4 ldg_128(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
 inline uint32_t ldg_32(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
   return emu::ptx_impl::ldg_32(gmem, FLASHLLM_EMU_SITE);
 }
+inline uint16_t lds_16(const void* smem, FLASHLLM_EMU_SITE_ARGS) {
+  return emu::ptx_impl::lds_16(smem, FLASHLLM_EMU_SITE);
+}
+// popc is a per-thread ALU instruction, not a collective: nothing to count or synchronize.
+inline int popc(uint32_t v) { return __builtin_popcount(v); }
 inline void sts_16(void* smem, uint16_t v, FLASHLLM_EMU_SITE_ARGS) {
   emu::ptx_impl::sts_16(smem, v, FLASHLLM_EMU_SITE);
 }

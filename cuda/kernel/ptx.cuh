@@ -120,6 +120,17 @@ __device__ __forceinline__ uint32_t ldg_32(const void* gmem) {
   return v;
 }
 
+// 16-bit shared load: the bitmap kernel's decode reads each A-fragment value at its popcount offset
+// in the staged packed values (no dense tile to ldmatrix from).
+__device__ __forceinline__ uint16_t lds_16(const void* smem) {
+  uint16_t v;
+  asm volatile("ld.shared.u16 %0, [%1];\n" : "=h"(v) : "r"(smem_addr(smem)));
+  return v;
+}
+
+// Population count (one POPC instruction): the bitmap decode's value offsets.
+__device__ __forceinline__ int popc(uint32_t v) { return __popc(v); }
+
 __device__ __forceinline__ void sts_16(void* smem, uint16_t v) {
   asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(smem_addr(smem)), "h"(v));
 }
