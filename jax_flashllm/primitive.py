@@ -90,7 +90,12 @@ def _jitted(m, k, split_k):
 # Eager calls compile a one-op program, the same path as jit.
 flashllm_spmm_p.def_impl(lambda *args, m, k, split_k: _jitted(m, k, split_k)(*args))
 
-mlir.register_lowering(flashllm_spmm_p, jax.ffi.ffi_lowering(_ffi.CPU_TARGET), platform="cpu")
+def _cpu_lowering(ctx, *args, **params):
+    # Until the primitive carries the format (wt-format), every matrix it binds is Tiled-CSL.
+    return jax.ffi.ffi_lowering(_ffi.CPU_TARGET)(ctx, *args, format=C.FORMAT_TILED_CSL, **params)
+
+
+mlir.register_lowering(flashllm_spmm_p, _cpu_lowering, platform="cpu")
 mlir.register_lowering(flashllm_spmm_p, jax.ffi.ffi_lowering(_ffi.CUDA_TARGET), platform="cuda")
 
 

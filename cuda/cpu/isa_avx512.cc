@@ -13,10 +13,10 @@
 #include "flashllm/format.h"
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma,f16c,popcnt"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx2,fma,f16c")
+#pragma GCC target("avx512f,avx512vl,avx2,fma,f16c,popcnt")
 #endif
 
 namespace flashllm::cpu::avx512 {
@@ -153,6 +153,37 @@ void dense_bf16_tile(const uint16_t* tile, const float* xk, float* acc) {
         else dense_bf16_block<Zmm, R, 1, NC>(t32 + r0 * (kTileK / 2), xk + j0 * 16, acc + r0 * NC + j0 * 16);
       }
   }
+}
+
+#include "cpu/tile_source.inc"
+
+// expand_bitmap_tile with AVX-512 VBMI2 (Ice Lake, Zen 4, Sapphire Rapids): one vpexpandw places the
+// next popcount(word) values into the lanes of the word's set bits, 32 lanes = 4 block rows at once,
+// reading only the values it places (masked load: no read past the tile's values).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
+void expand_bitmap_tile_vbmi2(const uint16_t* v, const uint32_t* words, uint16_t* tile) {
+  const uint32_t* bits = words + kBitmapHeaderWords;
+  for (int b = 0; b < kBlocksPerTile; ++b) {
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t word = bits[2 * b + h];
+      const __m512i rows = _mm512_maskz_expandloadu_epi16(__mmask32(word), v);
+      v += __builtin_popcount(word);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(block_row_out(tile, b, 4 * h + 0)), _mm512_extracti32x4_epi32(rows, 0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(block_row_out(tile, b, 4 * h + 1)), _mm512_extracti32x4_epi32(rows, 1));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(block_row_out(tile, b, 4 * h + 2)), _mm512_extracti32x4_epi32(rows, 2));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(block_row_out(tile, b, 4 * h + 3)), _mm512_extracti32x4_epi32(rows, 3));
+    }
+  }
+}
+
+bool has_vbmi2() {
+  static const bool has = __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bw");
+  return has;
+}
+
+void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t* words, uint16_t* tile) {
+  if (has_vbmi2()) expand_bitmap_tile_vbmi2(v, words, tile);
+  else expand_bitmap_tile_rows(v, v_end, words, tile);
 }
 
 #include "cpu/tile_kernel.inc"

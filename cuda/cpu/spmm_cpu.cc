@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <limits>
 
 #include "cpu/staged.h"
 #include "flashllm/format.h"
@@ -14,22 +15,33 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-bool cpu_has(Isa isa) {
+// "" when this CPU runs the variant, else the features it lacks.
+std::string missing_features(Isa isa) {
+  std::string missing;
 #if defined(__x86_64__)
+  const auto need = [&](bool has, const char* name) {
+    if (!has) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  };
   switch (isa) {
-    case Isa::kPortable: return true;
-    case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+    case Isa::kPortable: break;
     case Isa::kAvx512:
-      return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512vl");
+      need(__builtin_cpu_supports("avx512f"), "avx512f");
+      need(__builtin_cpu_supports("avx512vl"), "avx512vl");
+      [[fallthrough]];
+    case Isa::kAvx2:
+      need(__builtin_cpu_supports("avx2"), "avx2");
+      need(__builtin_cpu_supports("fma"), "fma");
+      need(__builtin_cpu_supports("f16c"), "f16c");
+      need(__builtin_cpu_supports("popcnt"), "popcnt");
+      break;
   }
-  return false;
 #else
-  return isa == Isa::kPortable;
+  if (isa != Isa::kPortable) missing = "an x86-64 CPU";
 #endif
+  return missing;
 }
+
+bool cpu_has(Isa isa) { return missing_features(isa).empty(); }
 
 bool parse_isa(const std::string& name, Isa* isa) {
   for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
@@ -108,6 +120,15 @@ const char* isa_name(Isa isa) {
   return "?";
 }
 
+std::vector<std::pair<std::string, std::string>> all_isas() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+    const std::string missing = missing_features(i);
+    out.emplace_back(isa_name(i), missing.empty() ? "" : "this CPU lacks " + missing);
+  }
+  return out;
+}
+
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
   for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
@@ -124,8 +145,27 @@ bool set_active_isa(const std::string& name) {
   return true;
 }
 
+std::vector<int> supported_formats() { return {kFormatTiledCsl, kFormatBitmap, kFormatDense}; }
+
 std::string check_problem(const SpmmProblem& p) {
   const int64_t tiles = ceil_div(p.m, kTileM) * ceil_div(p.k, kTileK);
+  const auto expect_index = [&](int64_t want, const char* what) -> std::string {
+    if (p.index_count == want) return {};
+    return std::string("the index must hold ") + std::to_string(want) + " " + what + ", got " + std::to_string(p.index_count);
+  };
+  std::string why;
+  switch (p.format) {
+    case kFormatTiledCsl: why = expect_index(p.num_entries, "uint16 locations (one per value)"); break;
+    case kFormatBitmap: why = expect_index(tiles * kBitmapWordsPerTile, "uint32 words (tiles * 260)"); break;
+    case kFormatDense:
+      why = expect_index(0, "words (the dense format has no index)");
+      for (int64_t t = 0; why.empty() && t <= tiles; ++t)
+        if (p.tile_offsets[t] != t * kTileElems)
+          why = "dense tile_offsets must be t * " + std::to_string(kTileElems) + " (tile " + std::to_string(t) + ")";
+      break;
+    default: return "unknown format id " + std::to_string(p.format);
+  }
+  if (!why.empty()) return why;
   if (p.tile_offsets[0] != 0) return "tile_offsets[0] must be 0";
   for (int64_t t = 0; t < tiles; ++t) {
     if (p.tile_offsets[t + 1] < p.tile_offsets[t])
@@ -137,12 +177,13 @@ std::string check_problem(const SpmmProblem& p) {
   return {};
 }
 
-void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
-  if (p.n == 0 || p.m == 0) return;
+std::string spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
+  if (p.n == 0 || p.m == 0) return {};
   const IsaOps ops = ops_for(active_isa());
   const int64_t max_chunk = ops.max_chunk();
   const int64_t k_pad = ceil_div(p.k, kTileK) * kTileK;
-  const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk};
+  std::atomic<int64_t> bad_tile{std::numeric_limits<int64_t>::max()};
+  const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk, &bad_tile};
   const int64_t tiles_m = ceil_div(p.m, kTileM);
   const int64_t chunks = ceil_div(p.n, max_chunk);
   // A helper only pays off with enough work to amortize waking it (and, on a loaded machine, waiting
@@ -155,6 +196,10 @@ void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) 
   // Chunks of one tile row are adjacent task ids, so a worker re-reads that row's entries from cache.
   parallel_for(tiles_m * chunks, workers, schedule,
                [&](int64_t task) { ops.run_task(s, task / chunks, task % chunks); });
+  const int64_t bad = bad_tile.load();
+  if (bad == std::numeric_limits<int64_t>::max()) return {};
+  return "bitmap tile " + std::to_string(bad) +
+         ": its bits disagree with its value count (tile_offsets) or its slab offsets (header words)";
 }
 
 }  // namespace flashllm::cpu
