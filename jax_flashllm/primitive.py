@@ -95,8 +95,13 @@ def _cpu_lowering(ctx, *args, **params):
     return jax.ffi.ffi_lowering(_ffi.CPU_TARGET)(ctx, *args, format=C.FORMAT_TILED_CSL, **params)
 
 
+def _cuda_lowering(ctx, *args, **params):
+    # The same shim for the CUDA handler, which also dispatches on the format attribute.
+    return jax.ffi.ffi_lowering(_ffi.CUDA_TARGET)(ctx, *args, format=C.FORMAT_TILED_CSL, **params)
+
+
 mlir.register_lowering(flashllm_spmm_p, _cpu_lowering, platform="cpu")
-mlir.register_lowering(flashllm_spmm_p, jax.ffi.ffi_lowering(_ffi.CUDA_TARGET), platform="cuda")
+mlir.register_lowering(flashllm_spmm_p, _cuda_lowering, platform="cuda")
 
 
 # --- batching: a batch of activations folds into N; a batch of weights loops -----------------------------

@@ -178,7 +178,7 @@ def test_malformed_offsets_make_the_tile_empty(fmt, tamper):
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_overfull_and_short_tiles_are_empty(fmt):
     # A single tile claiming 8200 values (more than 128 x 64), and one claiming 8 (a dense-format
-    # tile must be exactly full; a bitmap tile of 8 values is legal and reads zeros past them).
+    # tile must be exactly full).
     rng = np.random.default_rng(4)
     dense = random_sparse(rng, (128, 64), 0.3).astype(DTYPES[0])
     w = _matrix(dense, DTYPES[0], fmt)
@@ -191,12 +191,8 @@ def test_overfull_and_short_tiles_are_empty(fmt):
     y = emulated_spmm(short, x, split_k=1)
     if fmt == "dense":
         assert not np.any(y.astype(np.float32))
-    else:  # only the first 8 values (in block order) are read
-        kept = np.zeros(_constants.TILE_ELEMS, dense.dtype)
-        order = _constants.BLOCK_ORDER
-        nz = np.flatnonzero(dense.reshape(-1)[order])[:8]
-        kept[order[nz]] = dense.reshape(-1)[order[nz]]
-        _check(y, x, kept.reshape(128, 64))
+    # bitmap: a legal 8-value tile whose bitmap claims more; lanes past the 8 values read whatever
+    # the stage holds (garbage in, garbage out), but only inside the stage: the emulator checks.
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -55,4 +55,28 @@ inline std::string check_spmm_buffers(const xla::ffi::AnyBuffer& x, const xla::f
   return {};
 }
 
+// The format's index buffer (the FFI's AnyBuffer `index`), by format id: Tiled-CSL uint16 locations
+// of values' length; bitmap uint32, kBitmapWordsPerTile words per tile; dense empty. (Shapes only:
+// the CUDA handler cannot read device data; its kernel treats malformed tiles as empty.)
+inline std::string check_spmm_index(int64_t format, const xla::ffi::AnyBuffer& index,
+                                     const xla::ffi::AnyBuffer& values, int64_t tiles) {
+  namespace ffi = xla::ffi;
+  const int64_t len = int64_t(index.element_count());
+  switch (format) {
+    case kFormatTiledCsl:
+      if (index.element_type() != ffi::U16 || len != int64_t(values.element_count()))
+        return "Tiled-CSL index (locations) must be uint16 of values' length";
+      return {};
+    case kFormatBitmap:
+      if (index.element_type() != ffi::U32 || len != tiles * kBitmapWordsPerTile)
+        return "bitmap index must be uint32 with " + std::to_string(tiles * kBitmapWordsPerTile) + " words";
+      return {};
+    case kFormatDense:
+      if (len != 0) return "the dense format's index must be empty";
+      return {};
+    default:
+      return "unknown format id " + std::to_string(format);
+  }
+}
+
 }  // namespace flashllm

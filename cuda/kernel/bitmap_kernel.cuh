@@ -82,34 +82,39 @@ __device__ __forceinline__ void load_stage(const SpmmParams& p, unsigned char* s
   kernel_detail::load_x<T>(p, stage_x<BT>(stage), n0, kt, tid);  // commits the group
 }
 
+// PRMT selectors that pack a lane's two 16-bit values (va at index i0, vb at i0 + 1, both
+// zero-extended) into one A register by which of its two bits are set (pair = bit1 bit0): bytes 2-3
+// of va are zero. 00 -> 0 | 0; 01 -> va | 0; 10 -> 0 | va (its one value sits at i0); 11 -> va | vb.
+constexpr uint64_t kPairSelectors = 0x5410102222102222ull;
+
 // The A fragment of one 16 x 16 piece of the warp's slab from its 4 blocks (format.h order: a0..a3
 // = blocks 0..3). words: the 8 index words of those blocks (lo/hi per block); next: index of the
 // first value of block 0 in the staged values, advanced past the 4 blocks. A lane owns bits
 // g*8 + 2t and g*8 + 2t + 1 of each block (rows 0-3 in the lo word, 4-7 in the hi word): its values
-// sit at `next + popc(bits below its own)`, adjacent when both bits are set. Indices at or past the
-// tile's count (only a malformed index produces them) read as zero; lanes without a value read the
-// block's first value (a word the warp touches anyway: no extra wavefront) and drop it.
+// sit at i0 = next + popc(bits below its own), adjacent when both bits are set. Every lane loads i0
+// and i0 + 1 and PRMT keeps what its bits say, so the decode has no per-lane branches or selects of
+// addresses: about 15 instructions per register (the issue slots this kernel is bound by at N <= 8,
+// see docs/gpu_model.md). Indices wrap inside the sub-tile's kTileElems staged values (+1: the next
+// region of the same stage), so even a corrupt bitmap or header reads only this stage.
 __device__ __forceinline__ void decode_a(uint32_t (&a)[4], const uint16_t* vals,
-                                         const uint32_t* words, int& next, int count, int lane) {
+                                         const uint32_t* words, int& next, int lane) {
   const uint4 w01 = ptx::lds_128(words), w23 = ptx::lds_128(words + 4);  // broadcast reads
   const uint32_t lo[4] = {w01.x, w01.z, w23.x, w23.z};
   const uint32_t hi[4] = {w01.y, w01.w, w23.y, w23.w};
   const int g = lane / 4, t = lane % 4;
   const int bit = (g % 4) * 8 + 2 * t;  // <= 30
   const uint32_t below = (1u << bit) - 1u;
+  const bool upper = g >= 4;  // rows 4-7: bits in the hi word, after all of the lo word's
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    const uint32_t word = g < 4 ? lo[r] : hi[r];
-    const int i0 = next + ptx::popc(word & below) + (g < 4 ? 0 : ptx::popc(lo[r]));
+    const uint32_t word = upper ? hi[r] : lo[r];
+    const int lo_count = ptx::popc(lo[r]);
+    const int i0 = (next + ptx::popc(word & below) + (upper ? lo_count : 0)) & (kTileElems - 1);
+    uint32_t va, vb;
+    ptx::lds_16x2(vals, i0, va, vb);
     const uint32_t pair = (word >> bit) & 3u;
-    const int i1 = i0 + int(pair & 1u);
-    const bool has0 = (pair & 1u) != 0 && i0 < count;
-    const bool has1 = (pair & 2u) != 0 && i1 < count;
-    const int safe = next < count ? next : count - 1;
-    const uint32_t v0 = ptx::lds_16(vals + (has0 ? i0 : safe));
-    const uint32_t v1 = ptx::lds_16(vals + (has1 ? i1 : safe));
-    a[r] = (has0 ? v0 : 0u) | (has1 ? v1 << 16 : 0u);
-    next += ptx::popc(lo[r]) + ptx::popc(hi[r]);
+    a[r] = ptx::prmt(va, vb, uint32_t(kPairSelectors >> (16 * pair)));
+    next += lo_count + ptx::popc(hi[r]);
   }
 }
 
@@ -128,8 +133,7 @@ __device__ __forceinline__ void mma_stage(float (&acc)[BT::B::kFragsM][BT::B::kF
   int next = 0;
   if (!BT::kDense) {
     const uint4 header = ptx::lds_128(index);  // word s: slab s's first value
-    const uint32_t first = slab == 0 ? header.x : header.y;
-    next = first > uint32_t(count) ? count : int(first);
+    next = int((slab == 0 ? header.x : header.y) & (kTileElems - 1));
   }
 #pragma unroll
   for (int kk = 0; kk < T::kKSteps; ++kk) {
@@ -145,7 +149,7 @@ __device__ __forceinline__ void mma_stage(float (&acc)[BT::B::kFragsM][BT::B::kF
         // 16 contiguous bytes, 8 rows = 128 bytes = all 32 banks once: conflict-free.
         ptx::ldmatrix_x4(a, vals + (block + lane / 8) * kBlockElems + (lane % 8) * kBlockCols);
       } else {
-        decode_a(a, vals, index + kBitmapHeaderWords + 2 * block, next, count, lane);
+        decode_a(a, vals, index + kBitmapHeaderWords + 2 * block, next, lane);
       }
 #pragma unroll
       for (int j = 0; j < T::kFragsN; ++j) {
