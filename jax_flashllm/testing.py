@@ -6,7 +6,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
-from jax_flashllm import _constants, _tiling
+from jax_flashllm import _tiling, formats
 from jax_flashllm.format import SparseMatrix
 
 __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
@@ -16,20 +16,12 @@ __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
 EMULATED_NUM_SMS = 132
 
 _DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
-# SparseMatrix.format -> (format id of the FFI attribute / kernel dispatch, index dtype).
-_FORMATS = {"tiled_csl": (_constants.FORMAT_TILED_CSL, np.uint16),
-            "bitmap": (_constants.FORMAT_BITMAP, np.uint32),
-            "dense": (_constants.FORMAT_DENSE, np.uint32)}
 
 
-def _index_arrays(w):
-    """(format id, index as a contiguous numpy array of the format's dtype)."""
-    fmt = getattr(w, "format", "tiled_csl")
-    if fmt not in _FORMATS:
-        raise ValueError(f"emulated_spmm: unknown format {fmt!r}")
-    fid, idt = _FORMATS[fmt]
-    index = w.index if hasattr(w, "index") else w.locations
-    return fid, np.ascontiguousarray(np.asarray(index), dtype=idt)
+def _index_array(w: SparseMatrix):
+    """(format id, the format's index as a contiguous numpy array of its dtype)."""
+    fmt = formats.get(w.format)
+    return fmt.ID, np.ascontiguousarray(np.asarray(w.index), dtype=fmt.INDEX_DTYPE)
 
 
 def _config_arg(config) -> int:
@@ -45,7 +37,7 @@ def _config_arg(config) -> int:
     return int(config)
 
 
-def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None):
+def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None, validate: bool = True):
     """Like `emulated_spmm`, also returning the emulator's memory statistics.
 
     Returns (y, stats): y (N, M) numpy in w.dtype; stats a dict with smem_wavefronts,
@@ -54,6 +46,8 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
+    if validate:
+        w.validate()  # the emulated kernel, like the real one, trusts its buffers
     dtype = _DTYPES.get(np.dtype(w.dtype).name)
     if dtype is None:
         raise TypeError(f"emulated_spmm: unsupported matrix dtype {w.dtype}")
@@ -66,14 +60,15 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    fid, index = _index_arrays(w)
+    fid, index = _index_array(w)
     offsets = np.ascontiguousarray(np.asarray(w.tile_offsets), dtype=np.int32)
     y_bits, stats = _flashllm_emu.spmm(values, index, offsets, x_bits, m, k, dtype.name,
                                        int(split_k), _config_arg(config), fid)
     return np.asarray(y_bits).view(dtype), dict(stats)
 
 
-def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None) -> np.ndarray:
+def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None,
+                  validate: bool = True) -> np.ndarray:
     """y = x @ w.to_dense().T computed by the CUDA kernel's source under host emulation.
 
     w: SparseMatrix (M, K) float16 | bfloat16 in any format (tiled_csl, bitmap, dense: the GPU
@@ -81,6 +76,7 @@ def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None
     split_k: K slices (fp32 partials + reduce kernel); None: what the GPU dispatcher would choose
     for a GPU with EMULATED_NUM_SMS SMs. config: None (chosen by N, as on the GPU), a name from
     jax_flashllm._tiling.CONFIGS (e.g. "256x16") or its index, to force a block tile.
+    validate: check w first (False: hand the raw buffers over, to test the kernel's own guards).
     Returns y: (N, M) numpy array in w.dtype (fp32 accumulation, one rounding).
     """
-    return emulated_spmm_stats(w, x, split_k=split_k, config=config)[0]
+    return emulated_spmm_stats(w, x, split_k=split_k, config=config, validate=validate)[0]

@@ -61,6 +61,7 @@ def encode_bitmap_reference(dense, dtype, fmt="bitmap"):
         for j in range(kt):
             tile = padded[i * c.TILE_M:(i + 1) * c.TILE_M, j * c.TILE_K:(j + 1) * c.TILE_K]
             ordered = tile.reshape(-1)[c.BLOCK_ORDER].reshape(c.BLOCKS_PER_TILE, c.BLOCK_ELEMS)
+            ordered[ordered == 0] = 0  # -0.0 is a pruned zero too: stored (dense) as +0.0
             if fmt == "dense":
                 vals = ordered.reshape(-1)
             else:

@@ -9,8 +9,6 @@ as empty. Memory statistics per config are printed and their access-pattern prop
 
 from __future__ import annotations
 
-import types
-
 import ml_dtypes
 import numpy as np
 import pytest
@@ -28,11 +26,21 @@ NS = (1, 3, 8, 16, 17, 32, 33, 64, 65, 130)
 
 
 def _matrix(dense, dtype, fmt):
-    """A matrix in format `fmt` with SparseMatrix's leaves (values, index, tile_offsets) and aux
-    (shape, dtype, format), encoded by the test oracle (reference.encode_bitmap_reference)."""
+    """SparseMatrix.from_dense in format `fmt`; its arrays must be exactly what format.h defines
+    (reference.encode_bitmap_reference, an encoder written independently of jax_flashllm.formats)."""
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format=fmt)
     values, index, offsets = encode_bitmap_reference(dense, dtype, fmt)
-    return types.SimpleNamespace(values=values, index=index, tile_offsets=offsets,
-                                 shape=dense.shape, dtype=np.dtype(dtype), format=fmt)
+    np.testing.assert_array_equal(np.asarray(w.values).view(np.uint16), values.view(np.uint16))
+    np.testing.assert_array_equal(np.asarray(w.index), index)
+    np.testing.assert_array_equal(np.asarray(w.tile_offsets), offsets)
+    return w
+
+
+def _tampered(w, **arrays):
+    """w with some of its arrays replaced, unvalidated (as a matrix rebuilt under jit would be)."""
+    leaves = {**dict(values=w.values, index=w.index, tile_offsets=w.tile_offsets), **arrays}
+    return SparseMatrix.tree_unflatten((w.shape, w.dtype.name, w.format),
+                                       (leaves["values"], leaves["index"], leaves["tile_offsets"]))
 
 
 def _check(y, x, w_dense):
@@ -72,7 +80,7 @@ def test_matches_reference_and_tiled_csl(n, dtype, split_k, fmt):
     assert stats["config"] == _tiling.choose_config(n).name
     _check(y, x, dense)
     # Same A fragments, same mma order, same epilogue as the Tiled-CSL kernel: identical bits.
-    y_csl = emulated_spmm(SparseMatrix.from_dense(dense, dtype=dtype), x, split_k=split_k)
+    y_csl = emulated_spmm(SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl"), x, split_k=split_k)
     np.testing.assert_array_equal(_bits(y), _bits(y_csl))
 
 
@@ -110,7 +118,7 @@ def test_empty_and_fully_dense_tiles(config, dtype, fmt):
     dense = _mixed_density(rng, dtype)
     w = _matrix(dense, dtype, fmt)
     if fmt == "bitmap":
-        counts = np.diff(w.tile_offsets)
+        counts = np.diff(np.asarray(w.tile_offsets))
         assert counts.max() == 128 * 64 and 0 in counts
     x = rng.standard_normal((20, 256)).astype(dtype)
     for split_k in (1, 2):
@@ -169,9 +177,9 @@ def test_malformed_offsets_make_the_tile_empty(fmt, tamper):
     # over-full rather than a shorter valid range.
     w, x, dense = _case(21, 256, 192, 5, 0.45, DTYPES[1], fmt)
     change, bad_tiles = TAMPERS[tamper]
-    off = w.tile_offsets.copy()
+    off = np.array(w.tile_offsets)
     change(off, len(w.values))
-    y = emulated_spmm(types.SimpleNamespace(**{**vars(w), "tile_offsets": off}), x, split_k=1)
+    y = emulated_spmm(_tampered(w, tile_offsets=off), x, split_k=1, validate=False)
     _check(y, x, _tiles_zeroed(dense, bad_tiles, 3))
 
 
@@ -183,12 +191,12 @@ def test_overfull_and_short_tiles_are_empty(fmt):
     dense = random_sparse(rng, (128, 64), 0.3).astype(DTYPES[0])
     w = _matrix(dense, DTYPES[0], fmt)
     x = rng.standard_normal((3, 64)).astype(DTYPES[0])
-    over = types.SimpleNamespace(**{**vars(w), "values": np.concatenate(
-        [w.values, np.zeros(8200 - len(w.values), w.values.dtype)]),
-        "tile_offsets": np.array([0, 8200], np.int32)})
-    assert not np.any(emulated_spmm(over, x, split_k=1).astype(np.float32))
-    short = types.SimpleNamespace(**{**vars(w), "tile_offsets": np.array([0, 8], np.int32)})
-    y = emulated_spmm(short, x, split_k=1)
+    values = np.asarray(w.values)
+    over = _tampered(w, values=np.concatenate([values, np.zeros(8200 - len(values), values.dtype)]),
+                     tile_offsets=np.array([0, 8200], np.int32))
+    assert not np.any(emulated_spmm(over, x, split_k=1, validate=False).astype(np.float32))
+    short = _tampered(w, tile_offsets=np.array([0, 8], np.int32))
+    y = emulated_spmm(short, x, split_k=1, validate=False)
     if fmt == "dense":
         assert not np.any(y.astype(np.float32))
     # bitmap: a legal 8-value tile whose bitmap claims more; lanes past the 8 values read whatever
@@ -201,17 +209,16 @@ def test_random_garbage_never_faults(seed):
     # every global read stays inside the registered buffers (the emulator checks) and no exception.
     rng = np.random.default_rng(seed)
     w, x, _ = _case(seed, 256, 256, 3, 0.7, DTYPES[0], "bitmap")
-    index = w.index.copy()
+    index = np.array(w.index)
     pick = rng.random(index.shape) < 0.3
     index[pick] = rng.integers(0, 2**32, pick.sum(), dtype=np.uint64).astype(np.uint32)
-    off = w.tile_offsets.copy()
+    off = np.array(w.tile_offsets)
     if seed % 2:
         off[1:-1] = rng.permutation(off[1:-1]) + rng.integers(-9, 9, len(off) - 2)
-    bad = types.SimpleNamespace(**{**vars(w), "index": index, "tile_offsets": off.astype(np.int32)})
-    y = emulated_spmm(bad, x, split_k=2)
-    assert y.shape == (3, 256)
-    short = types.SimpleNamespace(**{**vars(w), "index": w.index[:300]})  # index shorter than tiles
-    assert emulated_spmm(short, x, split_k=1).shape == (3, 256)
+    bad = _tampered(w, index=index, tile_offsets=off.astype(np.int32))
+    assert emulated_spmm(bad, x, split_k=2, validate=False).shape == (3, 256)
+    short = _tampered(w, index=np.asarray(w.index)[:300])  # index shorter than the tiles need
+    assert emulated_spmm(short, x, split_k=1, validate=False).shape == (3, 256)
 
 
 # ---- memory statistics: the access patterns, per config ---------------------------------------

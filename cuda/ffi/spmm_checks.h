@@ -73,6 +73,8 @@ inline std::string check_spmm_index(int64_t format, const xla::ffi::AnyBuffer& i
       return {};
     case kFormatDense:
       if (len != 0) return "the dense format's index must be empty";
+      if (int64_t(values.element_count()) != tiles * kTileElems)
+        return "a dense-format weight must have " + std::to_string(tiles * kTileElems) + " values";
       return {};
     default:
       return "unknown format id " + std::to_string(format);
