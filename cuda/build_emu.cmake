@@ -5,9 +5,11 @@ set(FLASHLLM_EMU_DIR ${CMAKE_CURRENT_LIST_DIR}/emu)
 set(FLASHLLM_EMU_SOURCES
   ${FLASHLLM_EMU_DIR}/bindings.cc
   ${FLASHLLM_EMU_DIR}/warp_probes.cc
+  ${FLASHLLM_EMU_DIR}/global_probes.cc
   ${FLASHLLM_EMU_DIR}/ptx_emu.cc
   ${FLASHLLM_EMU_DIR}/emu_runtime.cc
   ${FLASHLLM_EMU_DIR}/emu_memory.cc
+  ${FLASHLLM_EMU_DIR}/emu_global.cc
   ${FLASHLLM_EMU_DIR}/emu_fiber.cc
   ${FLASHLLM_EMU_DIR}/spmm_entry.cc)  # the kernel's emulated spmm entry point
 

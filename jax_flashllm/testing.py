@@ -37,12 +37,13 @@ def _config_arg(config) -> int:
     return int(config)
 
 
-def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None, validate: bool = True):
+def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None,
+                        validate: bool = True):
     """Like `emulated_spmm`, also returning the emulator's memory statistics.
 
     Returns (y, stats): y (N, M) numpy in w.dtype; stats a dict with smem_wavefronts,
-    smem_requests, smem_bank_conflicts, gmem_requests, gmem_sectors (summed over the SpMM and,
-    with split_k > 1, the reduce launch) and config (the tiling config's name).
+    smem_requests, smem_bank_conflicts, gmem_requests, gmem_sectors and config (the tiling
+    config's name).
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
@@ -56,8 +57,10 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     if x.ndim != 2 or x.shape[1] != k:
         raise ValueError(f"emulated_spmm: x must have shape (N, {k}), got {x.shape}")
     n = x.shape[0]
+    if validate:
+        w.validate()
     if split_k is None:
-        split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
+        split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS, format=w.format)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
     fid, index = _index_array(w)
@@ -73,10 +76,14 @@ def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None
 
     w: SparseMatrix (M, K) float16 | bfloat16 in any format (tiled_csl, bitmap, dense: the GPU
     dispatcher's kernel for that format). x: (N, K) array-like, cast to w's dtype.
-    split_k: K slices (fp32 partials + reduce kernel); None: what the GPU dispatcher would choose
-    for a GPU with EMULATED_NUM_SMS SMs. config: None (chosen by N, as on the GPU), a name from
-    jax_flashllm._tiling.CONFIGS (e.g. "256x16") or its index, to force a block tile.
-    validate: check w first (False: hand the raw buffers over, to test the kernel's own guards).
+    split_k: K slices (fp32 partials, reduced in split order by the last block of each output
+    tile); None: what the GPU dispatcher would choose for a GPU with EMULATED_NUM_SMS SMs (sm_90).
+    config: None (chosen by N, as on the GPU), a name from jax_flashllm._tiling.CONFIGS (e.g.
+    "256x16") or its index, to force a block tile.
+    validate: check w's arrays first (SparseMatrix.validate, ValueError), as the CPU path does.
+    False hands the arrays to the kernel unchecked, as the GPU path must (it cannot read device
+    data on the host): a malformed tile then counts as empty, and the emulator's address checks
+    prove that no load leaves the arrays (an emulated fault raises RuntimeError).
     Returns y: (N, M) numpy array in w.dtype (fp32 accumulation, one rounding).
     """
     return emulated_spmm_stats(w, x, split_k=split_k, config=config, validate=validate)[0]

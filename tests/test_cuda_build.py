@@ -1,6 +1,7 @@
 """The CUDA kernel as ptxas compiles it, for every instantiation and architecture: no register
-spills, shared memory within the per-block limit. Compiles the instantiation files of
-cuda/kernel/inst/ with `nvcc -cubin -Xptxas -v` (device code only); skipped without nvcc."""
+spills, shared memory within the per-block limit, and the occupancy table the split-K choice is
+built on (jax_flashllm/_tiling.OCCUPANCY). Compiles the instantiation files of cuda/kernel/inst/
+with `nvcc -cubin -Xptxas -v` (device code only); skipped without nvcc."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def _dynamic_smem():
     (family: "csl" = spmm_kernel, "bitmap" / "dense" = spmm_bitmap_kernel<BitmapTraits<., false / true>>)."""
     emu = pytest.importorskip("jax_flashllm._flashllm_emu")
     out = {}
-    for row, (name, bitmap, dense) in zip(emu.spmm_configs(), emu.spmm_bitmap_smem()):
+    for row, (name, bitmap, dense, *_) in zip(emu.spmm_configs(), emu.spmm_bitmap_smem()):
         assert row[0] == name
         out[("csl", row[2], row[3])] = row[4]
         out[("bitmap", row[2], row[3])] = bitmap
@@ -84,14 +85,41 @@ def _family(kernel_name: str) -> str:
 
 def test_every_instantiation_compiled_alone(reports):
     # One SpMM kernel per instantiation file (no accidental implicit instantiations that would
-    # multiply the multi-arch build time); the reduce kernels live in launcher.cu only.
+    # multiply the multi-arch build time); split-K is reduced inside the kernel, so launcher.cu
+    # holds no kernel at all.
     for (src, arch), rep in reports.items():
-        spmm = [k for k in rep if "spmm_kernel" in k or "spmm_bitmap_kernel" in k]
-        reduce = [k for k in rep if "splitk_reduce" in k]
         if src.name == "launcher.cu":
-            assert not spmm and len(reduce) == 2, (src.name, arch, list(rep))
+            assert not rep, (src.name, arch, list(rep))
         else:
-            assert len(spmm) == 1 and not reduce, (src.name, arch, list(rep))
+            assert len(rep) == 1, (src.name, arch, list(rep))
+            name = next(iter(rep))
+            assert "spmm_kernel" in name or "spmm_bitmap_kernel" in name, (src.name, arch, name)
+
+
+def test_occupancy_table_matches_ptxas(reports):
+    # The table choose_split_k sizes the grid with: registers as ptxas reports them (the fp16 and
+    # bf16 instantiations may differ by a few; both must give the table's blocks per SM), the
+    # traits' shared memory, and __launch_bounds__ asking for what sm_90 allows.
+    from jax_flashllm import _tiling
+    emu = pytest.importorskip("jax_flashllm._flashllm_emu")
+    rows = {row[0]: row for row in emu.spmm_configs()}
+    for (src, arch), rep in reports.items():
+        for name, r in rep.items():
+            m = _TRAITS.search(name)
+            if not m:
+                continue
+            config = f"{m.group(1)}x{m.group(2)}"
+            fmt = {"csl": "tiled_csl"}.get(_family(name), _family(name))
+            occ = _tiling.FORMAT_OCCUPANCY[fmt][arch][config]
+            assert r["registers"] <= occ.registers, (src.name, arch, r, occ)
+            assert occ.smem_bytes == _dynamic_smem()[(_family(name), int(m.group(1)), int(m.group(2)))]
+            assert _tiling.blocks_per_sm(r["registers"], occ.smem_bytes, arch) == occ.blocks, (
+                src.name, arch, r, occ)
+    for config, row in rows.items():
+        assert row[6] == _tiling.OCCUPANCY[90][config].blocks  # __launch_bounds__ min blocks
+    for config, _, _, bitmap_blocks, dense_blocks in emu.spmm_bitmap_smem():
+        assert bitmap_blocks == _tiling.FORMAT_OCCUPANCY["bitmap"][90][config].blocks
+        assert dense_blocks == _tiling.FORMAT_OCCUPANCY["dense"][90][config].blocks
 
 
 def test_no_register_spills(reports):

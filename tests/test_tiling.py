@@ -16,27 +16,46 @@ def test_config_by_n(n, name):
 
 
 def test_split_k_properties():
-    for m, k, n, sms in itertools.product((1, 300, 4096, 28672), (1, 64, 1000, 8192, 65536),
-                                          (1, 8, 33, 128, 4096), (1, 108, 132)):
-        split = _tiling.choose_split_k(m, k, n, sms)
+    for m, k, n, sms, arch in itertools.product((1, 300, 4096, 28672), (1, 64, 1000, 8192, 65536),
+                                                (1, 8, 33, 128, 4096), (1, 108, 132), (80, 86, 90)):
+        split = _tiling.choose_split_k(m, k, n, sms, arch)
         cfg = _tiling.choose_config(n)
+        slots = sms * _tiling.OCCUPANCY[arch][cfg.name].blocks
         blocks = -(-m // cfg.block_m) * -(-n // cfg.block_n)
         k_tiles = -(-k // 64)
         assert 1 <= split <= _tiling.MAX_SPLIT_K
         if split > 1:
-            assert blocks * split <= sms  # at most one wave
+            assert blocks * split <= slots  # at most one wave of resident blocks
             assert k_tiles // split >= _tiling.MIN_K_TILES_PER_SPLIT
-        if blocks >= sms:
+        if blocks >= slots:
             assert split == 1
 
 
 def test_split_k_for_decode_shapes():
-    # OPT-30B attention projection at N = 8 on a 132-SM GPU: 28 blocks -> 4 splits fill the GPU.
-    assert _tiling.choose_split_k(7168, 7168, 8, 132) == 4
-    # Its MLP up-projection already has 112 blocks.
-    assert _tiling.choose_split_k(28672, 7168, 8, 132) == 1
-    assert workspace_size(7168, 8, 4) == 4 * 8 * 7168
+    # OPT-30B attention projection at N = 8 on a 132-SM sm_90 GPU: 28 blocks of 256x16, 3 resident
+    # per SM -> 14 splits make 392 of the 396 resident slots.
+    assert _tiling.choose_split_k(7168, 7168, 8, 132) == 14
+    # Its MLP up-projection has 112 blocks: 3 splits.
+    assert _tiling.choose_split_k(28672, 7168, 8, 132) == 3
+    # An A100 (108 SMs) holds only 2 such blocks per SM (164 KiB of shared memory).
+    assert _tiling.choose_split_k(7168, 7168, 8, 108, 80) == 7
+    # Partials, then one counter per 128 x 16 output tile.
+    assert workspace_size(7168, 8, 4) == 4 * 8 * 7168 + 56
+    assert workspace_size(7168, 40, 2) == 2 * 40 * 7168 + 56 * 3
     assert workspace_size(7168, 8, 1) == 0
+
+
+def test_occupancy_table_follows_the_rules():
+    for arch, table in _tiling.OCCUPANCY.items():
+        for name, occ in table.items():
+            assert occ.blocks == _tiling.blocks_per_sm(occ.registers, occ.smem_bytes, arch) >= 1
+    # What the split-K choice is built on: 3 resident blocks per SM on sm_90 for N <= 64.
+    assert [_tiling.OCCUPANCY[90][c.name].blocks for c in _tiling.CONFIGS] == [3, 3, 3, 2]
+    # Rules spot-checked by hand: 162 registers -> 5376 per warp -> 12 warps -> 3 blocks of 4 warps;
+    # 69632 + 1024 bytes of shared memory -> 2 blocks in sm_80's 164 KiB.
+    assert _tiling.blocks_per_sm(162, 69632, 90) == 3
+    assert _tiling.blocks_per_sm(162, 69632, 80) == 2
+    assert _tiling.blocks_per_sm(255, 1024, 90) == 2
 
 
 def test_degenerate_inputs():

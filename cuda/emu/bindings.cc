@@ -14,6 +14,7 @@ namespace nb = nanobind;
 namespace flashllm {
 namespace emu {
 void bind_warp_probes(nb::module_& m);
+void bind_global_probes(nb::module_& m);
 }  // namespace emu
 void emu_bind_spmm(nb::module_& m);
 }  // namespace flashllm
@@ -37,9 +38,22 @@ NB_MODULE(_flashllm_emu, m) {
         "epoch), 'round_robin' (lockstep, thread order) or 'warp_greedy' (a warp runs until it "
         "blocks at a barrier). A race-free kernel gives the same result under each.");
   m.def("schedule", [] { return std::string(emu::schedule_name(emu::schedule())); });
+  m.def("set_block_order",
+        [](const std::string& name, uint64_t seed) {
+          emu::set_block_order(emu::parse_block_order(name), seed);
+        },
+        nb::arg("name"), nb::arg("seed") = 0,
+        "Order in which a launch runs its blocks: 'linear' (default), 'reverse', or 'shuffle' (a "
+        "fixed permutation drawn from seed). Kernels whose blocks communicate must not depend on it.");
+  m.def("set_race_check", &emu::set_race_check, nb::arg("on"),
+        "Switch the shared-memory race detector (default on); for garbage inputs whose scatter "
+        "stores collide by construction.");
+  m.def("race_check", &emu::race_check);
+  m.def("block_order", [] { return std::string(emu::block_order_name(emu::block_order())); });
   m.def("set_max_dynamic_smem", &emu::set_max_dynamic_smem, nb::arg("bytes"),
         "Largest dynamic shared memory a launch may request (default 101376, sm_86/89).");
   m.def("max_dynamic_smem", &emu::max_dynamic_smem);
   emu::bind_warp_probes(m);
+  emu::bind_global_probes(m);
   flashllm::emu_bind_spmm(m);
 }

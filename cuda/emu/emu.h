@@ -95,10 +95,13 @@ inline float max(float a, float b) { return a > b ? a : b; }
   unsigned char* const name = ::flashllm::emu::detail::current_smem()
 
 // The stream is accepted and ignored: the host runs the grid to completion before returning.
+// Evaluates to cudaSuccess: a failed emulated launch throws emu::Error instead.
 #define FLASHLLM_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
-  ((void)(stream), ::flashllm::emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__))
+  ((void)(stream), ::flashllm::emu::launch(kernel, grid, block, smem_bytes, __VA_ARGS__), cudaSuccess)
 
 using cudaStream_t = struct CUstream_st*;
+using cudaError_t = int;
+constexpr cudaError_t cudaSuccess = 0;
 
 // ---- Per-thread built-ins ---------------------------------------------------------------------
 // One copy per host worker thread; the scheduler writes threadIdx before it resumes a fiber, so the
@@ -172,6 +175,24 @@ Schedule schedule();
 // Name <-> Schedule ("round_robin", "alternate", "warp_greedy"); parse throws std::invalid_argument.
 const char* schedule_name(Schedule s);
 Schedule parse_schedule(const std::string& name);
+
+// The order in which a launch runs its blocks. On a GPU blocks run in any order and concurrently;
+// a kernel whose blocks communicate (the fused split-K reduction: the last block to arrive reduces)
+// must give the same result for every order, so tests run several.
+//   kLinear (default): x fastest, then y, then z.  kReverse: the opposite.
+//   kShuffle: a fixed pseudo-random permutation drawn from `seed`.
+enum class BlockOrder : int { kLinear, kReverse, kShuffle };
+void set_block_order(BlockOrder order, uint64_t seed = 0);
+BlockOrder block_order();
+const char* block_order_name(BlockOrder o);
+BlockOrder parse_block_order(const std::string& name);
+
+// The shared-memory race detector (detail::track_smem) is on by default. A corrupt matrix may
+// repeat a location inside one tile, making two warps' scatter stores collide: a write-write race
+// on the GPU too (either value wins; no fault), which tests of garbage inputs switch the detector
+// off for.
+void set_race_check(bool on);
+bool race_check();
 
 // Optional global-memory bounds checking: while at least one range is registered, every counted
 // global read (ldg_*, cp.async with src_bytes > 0) must lie inside a registered range, else Error.
@@ -259,6 +280,23 @@ void note_async_read(const void* src, int bytes);
 void track_smem(uintptr_t offset, int bytes, bool write, uint16_t what, int warp, int lane);
 // A small number naming (instruction, call site), interned per worker thread for race messages.
 uint16_t access_id(const char* name, CallSite site);
+
+// Global memory shared between blocks (emu_global.cc). A plain global store (ptx::stg_f32) is held
+// in its thread's pending list, invisible to every other thread, until that thread executes a fence
+// (ptx::fence_acq_rel_gpu), or, if it never does, until the launch ends: the weakest visibility the
+// PTX memory model allows, so a kernel that forgets its release fence reads stale data (and fails
+// its test) instead of passing by luck. Atomics act on memory at once (sequentially consistent, at
+// least as strong as any scope the kernel asks for). Loads see the thread's own pending stores.
+struct PendingStore {
+  unsigned char* dst;
+  uint64_t data;
+  int bytes;
+};
+void global_store(void* dst, const void* src, int bytes, const char* op);
+void global_load(void* out, const void* src, int bytes, const char* op);
+void global_fence();
+uint32_t global_atomic_add_u32(uint32_t* p, uint32_t v, const char* op);
+void global_store_relaxed_u32(uint32_t* p, uint32_t v, const char* op);
 
 // Per-thread cp.async state (pending groups), owned by the runtime.
 struct AsyncCopy {

@@ -1,6 +1,7 @@
 // The emulator's memory checks and counters: shared/global range checks, sector identifiers, the
 // statistics (totals and per instruction), per-thread cp.async state and the public configuration.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -164,7 +165,10 @@ std::string describe(const Worker& wk, uint16_t what) {
 
 }  // namespace
 
+std::atomic<bool> g_race_check{true};
+
 void track_smem(uintptr_t offset, int bytes, bool write, uint16_t what, int warp, int lane) {
+  if (!g_race_check.load(std::memory_order_relaxed)) return;
   Worker& wk = *tls_worker;
   const uint32_t ep = wk.epoch;
   uint32_t* const wtag = wk.write_tag.data();
@@ -263,6 +267,9 @@ int num_workers() {
   std::lock_guard<std::mutex> lock(detail::g_mutex);
   return detail::g_workers;
 }
+
+void set_race_check(bool on) { detail::g_race_check.store(on); }
+bool race_check() { return detail::g_race_check.load(); }
 
 void register_global(const void* ptr, size_t bytes) {
   std::lock_guard<std::mutex> lock(detail::g_mutex);

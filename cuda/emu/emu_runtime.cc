@@ -147,6 +147,7 @@ void thread_exit(Worker& wk, Thread& t) {
   if (w.arrived > 0)
     fail("exited while lanes " + lanes_in(wk, t.warp, State::kAtWarp) + " of its warp wait at " +
          where(w.name, w.site) + " (warp divergence)");
+  retire_pending(wk, t);
   t.state = State::kDone;
   --w.live;
   --wk.live;
@@ -219,6 +220,7 @@ void run_block(Worker& wk, uint3 bidx) {
     t.state = State::kRunnable;
     t.uncommitted.clear();
     t.groups.clear();
+    t.pending.clear();
     fiber::make(t.ctx, wk.stacks[i], &fiber_entry, &t);
   }
   for (auto& w : wk.warps) {
@@ -298,6 +300,7 @@ void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, 
   std::atomic<uint64_t> next{0};
   std::atomic<bool> failed{false};
   std::string first_error;
+  const std::vector<uint64_t> order = block_permutation(nblocks);  // empty: linear
 
   auto work = [&] {
     Worker* wk = acquire_worker();
@@ -308,7 +311,8 @@ void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, 
       prepare(*wk, block, smem_bytes);
       wk->thunk = thunk;
       wk->payload = payload;
-      for (uint64_t b; !failed.load() && (b = next.fetch_add(1)) < nblocks;) {
+      for (uint64_t i; !failed.load() && (i = next.fetch_add(1)) < nblocks;) {
+        const uint64_t b = order.empty() ? i : order[i];
         run_block(*wk, uint3{unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
                              unsigned(b / (uint64_t(grid.x) * grid.y))});
       }
@@ -316,6 +320,7 @@ void launch_impl(KernelThunk thunk, const void* payload, dim3 grid, dim3 block, 
       std::lock_guard<std::mutex> lock(g_mutex);
       if (!failed.exchange(true)) first_error = e.what();
     }
+    land_unfenced(*wk);
     {
       std::lock_guard<std::mutex> lock(g_mutex);
       g_stats.smem_wavefronts += wk->stats.smem_wavefronts;

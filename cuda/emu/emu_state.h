@@ -28,6 +28,7 @@ struct Thread {
   State state = State::kDone;
   std::vector<AsyncCopy> uncommitted;             // cp.async issued since the last commit
   std::vector<std::vector<AsyncCopy>> groups;     // committed, not yet landed (oldest first)
+  std::vector<PendingStore> pending;              // global stores not yet published by a fence
 };
 
 struct Warp {
@@ -77,6 +78,7 @@ struct Worker {
   std::string error;
   Stats stats;
   OpStats ops[int(Op::kCount)];
+  std::vector<PendingStore> unfenced;  // stores of exited threads never fenced: land at launch end
 };
 
 // The worker running on this host thread (null outside a launch).
@@ -90,6 +92,16 @@ extern size_t g_max_smem;
 extern int g_workers;
 extern size_t g_stack_bytes;
 extern Schedule g_schedule;
+extern BlockOrder g_block_order;
+extern uint64_t g_block_seed;
+
+// The order in which a launch hands out its blocks (set_block_order): position -> linear block index.
+// Empty for the linear order.
+std::vector<uint64_t> block_permutation(uint64_t nblocks);
+// Makes stores of exited threads that no fence published visible (end of a worker's share of a launch).
+void land_unfenced(Worker& wk);
+// Thread exit: its unfenced stores stay invisible to other blocks until the launch ends.
+void retire_pending(Worker& wk, Thread& t);
 
 // The calling fiber's worker; throws when called outside an emulated kernel.
 Worker& worker();

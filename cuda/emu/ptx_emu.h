@@ -144,6 +144,22 @@ inline float shfl_xor(float v, int lane_mask, FLASHLLM_EMU_SITE_ARGS) {
   return emu::ptx_impl::shfl_xor(v, lane_mask, FLASHLLM_EMU_SITE);
 }
 
+// Inter-block communication (per thread, not collective; the memory model is emu.h's, see
+// detail::global_store).
+inline void stg_f32(float* gmem, float v) { emu::detail::global_store(gmem, &v, 4, "stg_f32"); }
+inline float ldcg_f32(const float* gmem) {
+  float v;
+  emu::detail::global_load(&v, gmem, 4, "ldcg_f32");
+  return v;
+}
+inline void fence_acq_rel_gpu() { emu::detail::global_fence(); }
+inline uint32_t atom_add_relaxed_gpu(uint32_t* gmem, uint32_t v) {
+  return emu::detail::global_atomic_add_u32(gmem, v, "atom_add_relaxed_gpu");
+}
+inline void st_relaxed_gpu_u32(uint32_t* gmem, uint32_t v) {
+  emu::detail::global_store_relaxed_u32(gmem, v, "st_relaxed_gpu_u32");
+}
+
 #undef FLASHLLM_EMU_SITE_ARGS
 #undef FLASHLLM_EMU_SITE
 

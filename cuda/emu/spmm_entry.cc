@@ -1,6 +1,6 @@
 // Emulated launch of the CUDA SpMM kernel: the same launcher and kernel source as the CUDA build,
 // compiled for the host with FLASHLLM_EMU. Adds `spmm` and `spmm_configs` to the _flashllm_emu
-// module (the emulation bindings call emu_bind_spmm when this file exists).
+// module (called by the emulation bindings).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -96,12 +96,17 @@ nb::tuple spmm(Vec<uint16_t> values, Index index, Vec<int32_t> tile_offsets, Mat
     throw std::invalid_argument("spmm: tile_offsets must have ceil(m/128)*ceil(k/64)+1 entries");
 
   std::vector<uint16_t> y(size_t(p.n) * size_t(m));
-  // NaN-filled so a reduce that reads a partial nobody wrote shows up in the result.
-  std::vector<float> workspace(
-      split_k > 1 ? size_t(split_k) * size_t(p.n) * size_t(p.m_pad) : 0,
-      std::numeric_limits<float>::quiet_NaN());
+  // The workspace as the primitive sizes it (splitk.cuh's layout). Partials NaN-filled, so a reduce
+  // that reads a partial nobody wrote (or published) shows up in the result; the counters are filled
+  // with garbage, which the launch's own memset must clear.
+  const int64_t ws_words = splitk_workspace_words(split_k, p.n, p.m_tiles);
+  std::vector<float> workspace(size_t(ws_words), std::numeric_limits<float>::quiet_NaN());
   p.y = y.data();
-  p.workspace = workspace.empty() ? nullptr : workspace.data();
+  if (ws_words > 0) {
+    p.workspace = workspace.data();
+    p.splitk_counters =
+        reinterpret_cast<uint32_t*>(workspace.data() + splitk_partial_words(split_k, p.n, p.m_pad));
+  }
 
   std::string err;
   emu::Stats stats;
@@ -115,6 +120,7 @@ nb::tuple spmm(Vec<uint16_t> values, Index index, Vec<int32_t> tile_offsets, Mat
     if (format == kFormatTiledCsl) ranges.add(p.locations, size_t(p.nnz_padded) * 2);
     if (format == kFormatBitmap) ranges.add(p.bitmaps, size_t(p.index_words) * 4);
     ranges.add(p.x, size_t(p.n) * size_t(k) * 2);
+    if (!workspace.empty()) ranges.add(workspace.data(), workspace.size() * 4);
     err = launch_spmm(p, dtype, config, nullptr);
     stats = emu::stats();
     op_stats = emu::op_stats();
@@ -128,21 +134,28 @@ nb::tuple spmm(Vec<uint16_t> values, Index index, Vec<int32_t> tile_offsets, Mat
   return nb::make_tuple(emu::py::to_numpy(std::move(y), {size_t(p.n), size_t(m)}), stats_dict);
 }
 
+// splitk.cuh's workspace size in float32 words, so Python can check its mirror (_tiling.workspace_size).
+int64_t spmm_workspace_words(int64_t m, int64_t n, int64_t split_k) {
+  return splitk_workspace_words(split_k, n, (m + kTileM - 1) / kTileM);
+}
+
 // The dispatcher's tiling table, so Python can check its mirror (jax_flashllm/_tiling.py).
 nb::list spmm_configs() {
   nb::list out;
   for (const auto& c : kConfigTable) {
     nb::object max_n = c.max_n < 0 ? nb::none() : nb::cast(c.max_n);
-    out.append(nb::make_tuple(c.name, max_n, c.block_m, c.block_n, c.smem_bytes));
+    out.append(nb::make_tuple(c.name, max_n, c.block_m, c.block_n, c.smem_bytes, c.stage_entries,
+                              c.min_blocks_per_sm));
   }
   return out;
 }
 
-// Dynamic shared memory of the bitmap / dense kernels per config (bitmap_traits.cuh), in the
-// order of kConfigTable, so the ptxas test can check each instantiation's total against the limit.
+// Dynamic shared memory and __launch_bounds__ blocks per SM of the bitmap / dense kernels per config
+// (bitmap_traits.cuh), in the order of kConfigTable, so the ptxas test can check them.
 template <class T>
 nb::tuple bitmap_smem_row(const char* name) {
-  return nb::make_tuple(name, BitmapTraits<T, false>::kSmemBytes, BitmapTraits<T, true>::kSmemBytes);
+  return nb::make_tuple(name, BitmapTraits<T, false>::kSmemBytes, BitmapTraits<T, true>::kSmemBytes,
+                        BitmapTraits<T, false>::kMinBlocksPerSm, BitmapTraits<T, true>::kMinBlocksPerSm);
 }
 nb::list spmm_bitmap_smem() {
   nb::list out;
@@ -189,9 +202,12 @@ void emu_bind_spmm(nb::module_& m) {
         "empty); tile_offsets: (T+1,) int32; x: (N, k) uint16 bits of dtype; format: format id.\n"
         "Returns (y (N, m) uint16 bits, stats dict: totals, 'ops' per instruction, 'config')).");
   m.def("spmm_bitmap_smem", &spmm_bitmap_smem,
-        "Dynamic shared memory of the bitmap and dense kernels: [(config name, bitmap, dense), ...].");
+        "Bitmap and dense kernels: [(config name, smem bitmap, smem dense, min blocks/SM bitmap, dense), ...].");
+  m.def("spmm_workspace_words", &spmm_workspace_words, nb::arg("m"), nb::arg("n"), nb::arg("split_k"),
+        "Float32 words of the split-K workspace (partials + arrival counters) for y (n, m).");
   m.def("spmm_configs", &spmm_configs,
-        "The kernel's tiling table: [(name, max_n or None, block_m, block_n, smem_bytes), ...].");
+        "The kernel's tiling table: [(name, max_n or None, block_m, block_n, smem_bytes, "
+        "stage_entries, min_blocks_per_sm), ...].");
 }
 
 }  // namespace flashllm

@@ -1,8 +1,11 @@
 // XLA FFI handler "flashllm_spmm_cuda": unpack and check buffers, launch the SpMM kernel of the
-// matrix's format (Tiled-CSL, bitmap or dense: the `format` attribute) (and the
-// split-K reduce) on XLA's stream, report launch errors. Command-buffer compatible: it only
-// enqueues kernels — no allocation (the split-K workspace is a result sized by the primitive's
-// shape rule), no synchronization, no host reads of device data.
+// matrix's format (the `format` attribute) on XLA's stream, report the launch's own errors.
+// Command-buffer compatible: it only enqueues work (with split-K, a memset of the arrival counters
+// and the kernel) — no allocation (the split-K workspace
+// is a result sized by the primitive's shape rule), no synchronization, no host reads of device
+// data. What it guarantees: shapes, dtypes, sizes and pointer alignment are checked here; the
+// arrays' contents cannot be (they stay on the device), and the kernel treats any malformed tile as
+// empty, so a corrupt matrix gives a wrong y, never a fault (docs/gpu.md).
 #include "ffi/cuda_handler.h"
 
 #include <cuda_runtime.h>
@@ -13,6 +16,7 @@
 #include "ffi/spmm_checks.h"
 #include "flashllm/format.h"
 #include "kernel/launcher.cuh"
+#include "kernel/splitk.cuh"
 
 namespace ffi = xla::ffi;
 
@@ -38,13 +42,19 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
   // the workspace the shape rule allocated matches it.
   if (split_k < 1 || split_k > 65535) return invalid("split_k must be in [1, 65535]");
+  const int64_t need = splitk_workspace_words(split_k, n, m_tiles);
   if (split_k > 1) {
     if (workspace->element_type() != ffi::F32) return invalid("workspace must be float32");
-    const int64_t need = split_k * n * (m_tiles * kTileM);
     if (int64_t(workspace->element_count()) != need)
-      return invalid("workspace must have split_k * N * M_pad = " + std::to_string(need) +
-                     " elements, got " + std::to_string(workspace->element_count()));
+      return invalid("workspace must have " + std::to_string(need) +
+                     " elements (split-K partials and counters), got " +
+                     std::to_string(workspace->element_count()));
   }
+  // The kernel's 16-byte loads need 16-byte aligned arrays (XLA allocates them so; a view into
+  // another buffer might not be).
+  if (reinterpret_cast<uintptr_t>(values.untyped_data()) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(index.untyped_data()) % 16 != 0)
+    return invalid("values and index must be 16-byte aligned");
 
   SpmmParams p{};
   p.x = static_cast<const uint16_t*>(x.untyped_data());
@@ -55,7 +65,11 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
   p.index_words = format == kFormatBitmap ? int64_t(index.element_count()) : 0;
   p.tile_offsets = tile_offsets.typed_data();
   p.y = static_cast<uint16_t*>(y->untyped_data());
-  p.workspace = split_k > 1 ? static_cast<float*>(workspace->untyped_data()) : nullptr;
+  if (split_k > 1) {
+    p.workspace = static_cast<float*>(workspace->untyped_data());
+    p.splitk_counters = reinterpret_cast<uint32_t*>(
+        p.workspace + splitk_partial_words(split_k, n, m_tiles * kTileM));
+  }
   p.nnz_padded = int64_t(values.element_count());
   p.n = int(n);
   p.m = int(m);

@@ -163,9 +163,10 @@ __device__ __forceinline__ void mma_stage(float (&acc)[BT::B::kFragsM][BT::B::kF
 }  // namespace bitmap_detail
 
 // grid = (ceil(M / kBlockM), ceil(N / kBlockN), split_k), block = kThreads, dynamic shared
-// memory = BT::kSmemBytes; the same grid, split-K partition and epilogue as spmm_kernel.
+// memory = BT::kSmemBytes; the same grid, split-K partition, epilogue and fused split-K reduction
+// (splitk.cuh) as spmm_kernel.
 template <class BT, class Tag>
-__global__ void __launch_bounds__(BT::B::kThreads) spmm_bitmap_kernel(const SpmmParams p) {
+__global__ void __launch_bounds__(BT::B::kThreads, BT::kMinBlocksPerSm) spmm_bitmap_kernel(const SpmmParams p) {
   using namespace bitmap_detail;
   using T = typename BT::B;
   FLASHLLM_DYNAMIC_SMEM(smem);
@@ -209,6 +210,10 @@ __global__ void __launch_bounds__(BT::B::kThreads) spmm_bitmap_kernel(const Spmm
   }
   kernel_detail::epilogue<T, Tag>(p, acc, reinterpret_cast<float*>(smem), m0, n0, wm, wn, tid,
                                   lane);
+  if (p.split_k > 1) {
+    splitk_finish<T::kBlockM, T::kBlockN, T::kThreads, Tag>(
+        p, m0, n0, reinterpret_cast<volatile uint32_t*>(smem));
+  }
 }
 
 }  // namespace flashllm

@@ -1,5 +1,5 @@
 // Definition of launch_spmm_bitmap_config (declared in launcher.cuh): the bitmap (v2) and dense (v3)
-// kernel's launch, with the Tiled-CSL launch's grid, limits and split-K reduce. Included by the
+// kernel's launch, with the Tiled-CSL launch's grid, limits and split-K counters. Included by the
 // per-instantiation .cu files (cuda/kernel/inst/spmm_{bitmap,dense}_*.cu) and the host emulation.
 #pragma once
 
@@ -17,7 +17,8 @@ std::string launch_spmm_bitmap_config(const SpmmParams& p, StreamHandle stream) 
   const int64_t blocks_n = (int64_t(p.n) + T::kBlockN - 1) / T::kBlockN;
   if (blocks_n > 65535) return "flashllm_spmm: N too large for one launch (grid.y > 65535)";
   if (p.split_k > 65535) return "flashllm_spmm: split_k > 65535";
-  if (p.split_k > 1 && p.workspace == nullptr) return "flashllm_spmm: split_k > 1 needs a workspace";
+  if (p.split_k > 1 && (p.workspace == nullptr || p.splitk_counters == nullptr))
+    return "flashllm_spmm: split_k > 1 needs a workspace";
   // cp.async needs 16-byte aligned sources: tiles start on multiples of 8 values (and of 260
   // index words), so the arrays themselves must be (XLA's and cudaMalloc's buffers are).
   if (reinterpret_cast<uintptr_t>(p.values) % 16 != 0 ||
@@ -30,11 +31,14 @@ std::string launch_spmm_bitmap_config(const SpmmParams& p, StreamHandle stream) 
   std::string err = launch_detail::ensure_smem_attribute<BT, Tag>(kernel, BT::kSmemBytes);
   if (!err.empty()) return err;
 #endif
+  if (p.split_k > 1) {
+    std::string zerr = launch_detail::zero_counters(p, splitk_counter_words(p.m_tiles, p.n), stream);
+    if (!zerr.empty()) return zerr;
+  }
   const dim3 grid(unsigned(blocks_m), unsigned(blocks_n), unsigned(p.split_k));
-  FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), BT::kSmemBytes, stream, p);
-  std::string launch_err = launch_detail::check_launch("flashllm_spmm bitmap kernel launch");
-  if (!launch_err.empty() || p.split_k == 1) return launch_err;
-  return launch_splitk_reduce<Tag>(p, stream);
+  return launch_detail::check(
+      FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), BT::kSmemBytes, stream, p),
+      "flashllm_spmm bitmap kernel launch");
 }
 
 }  // namespace flashllm

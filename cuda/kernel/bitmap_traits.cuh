@@ -25,6 +25,16 @@ struct BitmapTraits {
   static constexpr int kSmemBytes =
       kMainSmemBytes > B::kEpilogueSmemBytes ? kMainSmemBytes : B::kEpilogueSmemBytes;
 
+  // __launch_bounds__ occupancy: the Tiled-CSL config's, or fewer where this kernel's larger stages
+  // (a full tile of values per sub-tile) leave sm_90's shared memory room for fewer blocks. The
+  // per-SM figures mirror jax_flashllm/_tiling.py ARCH_LIMITS[90] and its 1 KiB per-block reserve
+  // (tests/test_cuda_build.py checks the occupancy ptxas gives).
+  static constexpr int kSm90SmemPerSm = 233472;
+  static constexpr int kSmemReservedPerBlock = 1024;
+  static constexpr int kSmemBlocksSm90 = kSm90SmemPerSm / (kSmemBytes + kSmemReservedPerBlock);
+  static constexpr int kMinBlocksPerSm =
+      kSmemBlocksSm90 < B::kMinBlocksPerSm ? kSmemBlocksSm90 : B::kMinBlocksPerSm;
+
   // A warp's M extent is exactly one 64-row slab of one format tile: the block order of format.h
   // puts that slab's blocks back to back, so the warp walks its own values front to back and needs
   // nobody else's popcounts (the tile header gives the slab's first value).
@@ -33,6 +43,7 @@ struct BitmapTraits {
                 "the warp's fragment walk must be the format's block order");
   static_assert(kStageBytes % 16 == 0, "stages start on 16 bytes (cp.async, lds_128)");
   static_assert(kSmemBytes <= 99 * 1024, "must fit sm_86/sm_89's 99 KiB per-block shared memory");
+  static_assert(kMinBlocksPerSm >= 1, "at least one block per SM");
 };
 
 }  // namespace flashllm

@@ -1,13 +1,14 @@
 // Definitions of the launch templates declared in launcher.cuh. Included by the per-instantiation
-// .cu files (cuda/kernel/inst/), by launcher.cu (split-K reduce) and by the host emulation entry.
+// .cu files (cuda/kernel/inst/) and by the host emulation entry.
 #pragma once
 
 #include <atomic>
+#include <cstring>
 #include <string>
 
 #include "launcher.cuh"
 #include "spmm_kernel.cuh"
-#include "splitk_reduce.cuh"
+#include "splitk.cuh"
 
 namespace flashllm {
 
@@ -37,48 +38,50 @@ std::string ensure_smem_attribute(KernelPtr kernel, int smem_bytes) {
   return {};
 }
 
-inline std::string check_launch(const char* what) {
-  const cudaError_t e = cudaGetLastError();
+// The error of this call itself (the runtime's return value), never cudaGetLastError's.
+inline std::string check(cudaError_t e, const char* what) {
   return e == cudaSuccess ? std::string() : cuda_error(what, e);
 }
+
+// Split-K arrival counters start at zero: a memset on the launch's stream, so XLA's command
+// buffers (stream capture) record it as a memset node in front of the kernel.
+inline std::string zero_counters(const SpmmParams& p, int64_t words, StreamHandle stream) {
+  return check(cudaMemsetAsync(p.splitk_counters, 0, size_t(words) * 4, stream),
+               "cudaMemsetAsync(split-K counters)");
+}
 #else
-inline std::string check_launch(const char*) { return {}; }
+inline std::string check(cudaError_t, const char*) { return {}; }
+inline std::string zero_counters(const SpmmParams& p, int64_t words, StreamHandle) {
+  std::memset(p.splitk_counters, 0, size_t(words) * 4);
+  return {};
+}
 #endif
 
 }  // namespace launch_detail
 
-template <class Tag>
-std::string launch_splitk_reduce(const SpmmParams& p, StreamHandle stream) {
-  auto* kernel = &splitk_reduce_kernel<Tag>;
-  (void)stream;
-  FLASHLLM_LAUNCH(kernel, dim3(splitk_reduce_blocks(p)), dim3(kReduceThreads), 0, stream, p);
-  return launch_detail::check_launch("flashllm split-K reduce launch");
-}
-
-#if !defined(FLASHLLM_EMU)
-// Compiled once, in launcher.cu, not in every SpMM instantiation file.
-extern template std::string launch_splitk_reduce<Fp16>(const SpmmParams&, StreamHandle);
-extern template std::string launch_splitk_reduce<Bf16>(const SpmmParams&, StreamHandle);
-#endif
-
 template <class T, class Tag>
 std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream) {
+  static_assert(T::kBlockM >= kTileM && T::kBlockN >= kSplitKCounterBlockN,
+                "splitk.cuh sizes the counters for blocks of at least kTileM x kSplitKCounterBlockN");
   const int64_t blocks_m = (int64_t(p.m) + T::kBlockM - 1) / T::kBlockM;
   const int64_t blocks_n = (int64_t(p.n) + T::kBlockN - 1) / T::kBlockN;
   if (blocks_n > 65535) return "flashllm_spmm: N too large for one launch (grid.y > 65535)";
   if (p.split_k > 65535) return "flashllm_spmm: split_k > 65535";
-  if (p.split_k > 1 && p.workspace == nullptr) return "flashllm_spmm: split_k > 1 needs a workspace";
+  if (p.split_k > 1 && (p.workspace == nullptr || p.splitk_counters == nullptr))
+    return "flashllm_spmm: split_k > 1 needs a workspace";
   auto* kernel = &spmm_kernel<T, Tag>;
   (void)stream;
 #if !defined(FLASHLLM_EMU)
   std::string err = launch_detail::ensure_smem_attribute<T, Tag>(kernel, T::kSmemBytes);
   if (!err.empty()) return err;
 #endif
+  if (p.split_k > 1) {
+    std::string zerr = launch_detail::zero_counters(p, splitk_counter_words(p.m_tiles, p.n), stream);
+    if (!zerr.empty()) return zerr;
+  }
   const dim3 grid(unsigned(blocks_m), unsigned(blocks_n), unsigned(p.split_k));
-  FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), T::kSmemBytes, stream, p);
-  std::string launch_err = launch_detail::check_launch("flashllm_spmm kernel launch");
-  if (!launch_err.empty() || p.split_k == 1) return launch_err;
-  return launch_splitk_reduce<Tag>(p, stream);
+  return launch_detail::check(FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), T::kSmemBytes, stream, p),
+                              "flashllm_spmm kernel launch");
 }
 
 }  // namespace flashllm

@@ -1,5 +1,5 @@
-// The dispatch (dispatch.cuh) and the split-K reduce instantiations. The SpMM instantiations are
-// declared extern here and compiled one per file in inst/, so this file stays small.
+// The dispatch (dispatch.cuh). The SpMM instantiations are declared extern here and compiled one
+// per file in inst/, so this file stays small (it holds no kernel).
 #include "launch_impl.cuh"
 
 namespace flashllm {
@@ -27,9 +27,6 @@ FLASHLLM_EXTERN_BITMAP(Traits256x32, true)
 FLASHLLM_EXTERN_BITMAP(Traits128x64, true)
 FLASHLLM_EXTERN_BITMAP(Traits128x128, true)
 #undef FLASHLLM_EXTERN_BITMAP
-
-template std::string launch_splitk_reduce<Fp16>(const SpmmParams&, StreamHandle);
-template std::string launch_splitk_reduce<Bf16>(const SpmmParams&, StreamHandle);
 
 }  // namespace flashllm
 

@@ -35,13 +35,19 @@ struct SpmmConfigInfo {
   int block_n;
   int smem_bytes;  // dynamic shared memory per block
   const char* name;
+  int stage_entries;       // entries of each format tile staged in registers ahead of the MMAs
+  int min_blocks_per_sm;   // __launch_bounds__ occupancy
 };
 constexpr int kNumConfigs = 4;
 constexpr SpmmConfigInfo kConfigTable[kNumConfigs] = {
-    {16, Traits256x16::kBlockM, Traits256x16::kBlockN, Traits256x16::kSmemBytes, "256x16"},
-    {32, Traits256x32::kBlockM, Traits256x32::kBlockN, Traits256x32::kSmemBytes, "256x32"},
-    {64, Traits128x64::kBlockM, Traits128x64::kBlockN, Traits128x64::kSmemBytes, "128x64"},
-    {-1, Traits128x128::kBlockM, Traits128x128::kBlockN, Traits128x128::kSmemBytes, "128x128"},
+    {16, Traits256x16::kBlockM, Traits256x16::kBlockN, Traits256x16::kSmemBytes, "256x16",
+     Traits256x16::kStageChunks * Traits256x16::kChunkEntries, Traits256x16::kMinBlocksPerSm},
+    {32, Traits256x32::kBlockM, Traits256x32::kBlockN, Traits256x32::kSmemBytes, "256x32",
+     Traits256x32::kStageChunks * Traits256x32::kChunkEntries, Traits256x32::kMinBlocksPerSm},
+    {64, Traits128x64::kBlockM, Traits128x64::kBlockN, Traits128x64::kSmemBytes, "128x64",
+     Traits128x64::kStageChunks * Traits128x64::kChunkEntries, Traits128x64::kMinBlocksPerSm},
+    {-1, Traits128x128::kBlockM, Traits128x128::kBlockN, Traits128x128::kSmemBytes, "128x128",
+     Traits128x128::kStageChunks * Traits128x128::kChunkEntries, Traits128x128::kMinBlocksPerSm},
 };
 
 inline int choose_config(int n) {
@@ -59,8 +65,9 @@ inline void finalize_params(SpmmParams& p) {
   p.x_vec_ok = p.k % 8 == 0 && (reinterpret_cast<uintptr_t>(p.x) % 16) == 0;
 }
 
-// Launches one (config, dtype) instantiation (plus the split-K reduce when p.split_k > 1) on
-// `stream`. Returns an empty string on success, else a message. Never allocates or synchronizes.
+// Launches one (config, dtype) instantiation on `stream` (with split_k > 1: a memset of the split-K
+// counters, then the kernel, which reduces the splits itself). Returns an empty string on success,
+// else a message. Never allocates or synchronizes.
 template <class T, class Tag>
 std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream);
 
@@ -71,9 +78,5 @@ std::string launch_spmm_bitmap_config(const SpmmParams& p, StreamHandle stream);
 // Launches y = x @ W^T in p.format. config: index into kConfigTable, or -1 to choose by N. p must be
 // finalized. Defined in dispatch.cuh (compiled once: launcher.cu, or the emulation entry).
 std::string launch_spmm(const SpmmParams& p, Dtype dtype, int config, StreamHandle stream);
-
-// Launches the split-K reduce for dtype Tag (instantiated in launcher.cu).
-template <class Tag>
-std::string launch_splitk_reduce(const SpmmParams& p, StreamHandle stream);
 
 }  // namespace flashllm

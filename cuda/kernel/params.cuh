@@ -16,6 +16,7 @@ struct SpmmParams {
   const int32_t* tile_offsets;   // (m_tiles * k_tiles + 1,), row-major tile order
   uint16_t* y;                   // (n, m) row-major
   float* workspace;              // (split_k, n, m_pad) fp32 partials; unused when split_k == 1
+  uint32_t* splitk_counters;     // per output tile: splits that stored their partial (splitk.cuh)
   int64_t nnz_padded;            // entries in values / locations (loads never go past it)
   int64_t index_words;           // entries in bitmaps (loads never go past it)
   int format = kFormatTiledCsl;  // kFormatTiledCsl | kFormatBitmap | kFormatDense (format.h)

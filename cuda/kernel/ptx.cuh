@@ -11,6 +11,9 @@
 #else
 
 #include <cstdint>
+#include <tuple>
+#include <utility>
+
 #include <cuda_runtime.h>
 
 #include "flashllm/numeric.h"
@@ -18,8 +21,10 @@
 // Dynamic shared memory only (the emulator allocates it per block); 16-byte aligned for cp.async
 // and 128-bit shared accesses.
 #define FLASHLLM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+// Evaluates to the cudaError_t of this launch itself (cudaLaunchKernel's return value), not
+// cudaGetLastError's, which may hold, and would clear, another library's earlier error.
 #define FLASHLLM_LAUNCH(kernel, grid, block, smem_bytes, stream, ...) \
-  kernel<<<(grid), (block), (smem_bytes), (stream)>>>(__VA_ARGS__)
+  ::flashllm::ptx::launch_kernel((kernel), (grid), (block), (smem_bytes), (stream), __VA_ARGS__)
 
 // ldmatrix, mma.m16n8k16 with bf16 and cp.async all need sm_80; failing the build is better than a
 // kernel that silently computes nothing on an older architecture.
@@ -172,6 +177,55 @@ __device__ __forceinline__ uint4 lds_128(const void* smem) {
 
 __device__ __forceinline__ float shfl_xor(float v, int lane_mask) {
   return __shfl_xor_sync(0xffffffffu, v, lane_mask);
+}
+
+// ---- Inter-block communication (the fused split-K reduction, splitk.cuh) -----------------------
+// Per-thread, not warp-collective. PTX memory model ("Memory Consistency Model", release and
+// acquire patterns): a fence.acq_rel followed by a relaxed atomic is a release; a relaxed atomic
+// followed by a fence.acq_rel is an acquire. gpu scope: the blocks of one grid.
+
+// Plain global store of an fp32 partial (made visible to other blocks by a later fence).
+__device__ __forceinline__ void stg_f32(float* gmem, float v) {
+  asm volatile("st.global.f32 [%0], %1;\n" ::"l"(gmem), "f"(v) : "memory");
+}
+
+// Load of another block's partial: .cg caches in L2 only, so no stale L1 line can be hit (and the
+// partials, read once, do not evict anything useful from L1).
+__device__ __forceinline__ float ldcg_f32(const float* gmem) {
+  float v;
+  asm volatile("ld.global.cg.f32 %0, [%1];\n" : "=f"(v) : "l"(gmem) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void fence_acq_rel_gpu() { asm volatile("fence.acq_rel.gpu;\n" ::: "memory"); }
+
+// Returns the value before the addition.
+__device__ __forceinline__ uint32_t atom_add_relaxed_gpu(uint32_t* gmem, uint32_t v) {
+  uint32_t old;
+  asm volatile("atom.relaxed.gpu.global.add.u32 %0, [%1], %2;\n"
+               : "=r"(old)
+               : "l"(gmem), "r"(v)
+               : "memory");
+  return old;
+}
+
+__device__ __forceinline__ void st_relaxed_gpu_u32(uint32_t* gmem, uint32_t v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(gmem), "r"(v) : "memory");
+}
+
+// Host side of FLASHLLM_LAUNCH: kernel arguments by address, as cudaLaunchKernel wants them.
+template <class... Params, class... Args>
+cudaError_t launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem_bytes,
+                          cudaStream_t stream, Args&&... args) {
+  static_assert(sizeof...(Params) == sizeof...(Args), "kernel launched with the wrong argument count");
+  auto params = std::tuple<Params...>(std::forward<Args>(args)...);
+  return std::apply(
+      [&](auto&... p) {
+        void* ptrs[] = {static_cast<void*>(&p)...};
+        return cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, block, ptrs, smem_bytes,
+                                stream);
+      },
+      params);
 }
 
 }  // namespace ptx

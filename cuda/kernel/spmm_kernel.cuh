@@ -9,6 +9,7 @@
 #include "flashllm/numeric.h"
 #include "params.cuh"
 #include "ptx.cuh"
+#include "splitk.cuh"
 #include "traits.cuh"
 
 namespace flashllm {
@@ -20,17 +21,20 @@ __device__ __forceinline__ int swz(int row, int chunk) {
   return row * kTileK + ((chunk ^ (row % kSwizzleRows)) * kChunkElems);
 }
 
-// Entry range [begin, end) of format tile (mt, kt); empty for tile rows past the matrix.
-// Clamped to the arrays so a malformed offset can never send a load out of bounds.
+// Entry range [begin, end) of format tile (mt, kt); empty for tile rows past the matrix. The arrays
+// are never validated on the device (a matrix rebuilt under jit skips the host checks), so a
+// malformed tile (a negative, unaligned or past-the-end offset, a reversed range, more entries than
+// a tile has) is treated as empty: every 16-byte load below stays aligned and inside values /
+// locations whatever the offsets hold. Garbage in, garbage out, never a fault.
 __device__ __forceinline__ void tile_range(const SpmmParams& p, int mt, int kt, int& begin,
                                            int& end) {
   begin = end = 0;
   if (mt >= p.m_tiles) return;
   const int64_t t = int64_t(mt) * p.k_tiles + kt;
   const int64_t b = p.tile_offsets[t];
-  int64_t e = p.tile_offsets[t + 1];
-  if (e > p.nnz_padded) e = p.nnz_padded;
-  if (b >= e) return;
+  const int64_t e = p.tile_offsets[t + 1];
+  if (b < 0 || b >= e || e > p.nnz_padded || e - b > kTileElems) return;
+  if (b % kNnzAlign != 0 || e % kNnzAlign != 0) return;
   begin = int(b);
   end = int(e);
 }
@@ -216,7 +220,7 @@ __device__ __forceinline__ void epilogue(const SpmmParams& p, float (&acc)[T::kF
     if (p.split_k == 1) {
       p.y[int64_t(n0 + n) * p.m + gm] = from_float<Tag>(v);
     } else {
-      p.workspace[(int64_t(blockIdx.z) * p.n + n0 + n) * p.m_pad + gm] = v;
+      splitk_store_partial(p, n0 + n, gm, v);
     }
   }
 }
@@ -224,9 +228,10 @@ __device__ __forceinline__ void epilogue(const SpmmParams& p, float (&acc)[T::kF
 }  // namespace kernel_detail
 
 // grid = (ceil(M / kBlockM), ceil(N / kBlockN), split_k), block = kThreads, dynamic shared
-// memory = T::kSmemBytes. Split z handles K tiles [z * Kt / split_k, (z + 1) * Kt / split_k).
+// memory = T::kSmemBytes. Split z handles K tiles [z * Kt / split_k, (z + 1) * Kt / split_k); with
+// split_k > 1 the last split to finish an output tile reduces the partials (splitk.cuh).
 template <class T, class Tag>
-__global__ void __launch_bounds__(T::kThreads) spmm_kernel(const SpmmParams p) {
+__global__ void __launch_bounds__(T::kThreads, T::kMinBlocksPerSm) spmm_kernel(const SpmmParams p) {
   using namespace kernel_detail;
   FLASHLLM_DYNAMIC_SMEM(smem);
   uint16_t* const w_buf0 = reinterpret_cast<uint16_t*>(smem);
@@ -308,6 +313,10 @@ __global__ void __launch_bounds__(T::kThreads) spmm_kernel(const SpmmParams p) {
     }
   }
   epilogue<T, Tag>(p, acc, reinterpret_cast<float*>(smem), m0, n0, wm, wn, tid, lane);
+  if (p.split_k > 1) {
+    splitk_finish<T::kBlockM, T::kBlockN, T::kThreads, Tag>(
+        p, m0, n0, reinterpret_cast<volatile uint32_t*>(smem));
+  }
 }
 
 }  // namespace flashllm

@@ -12,7 +12,11 @@ namespace flashllm {
 // (kBlockM / kWarpsM) x (kBlockN / kWarpsN) sub-tile. kStageChunks: how many 1024-entry chunks of
 // each format tile are staged in registers while the Tensor Cores work (the rest of a denser tile
 // is loaded after the MMAs, not overlapped, so no density is ever dropped).
-template <int kBlockM_, int kBlockN_, int kWarpsM_, int kWarpsN_, int kStageChunks_>
+// kMinBlocksPerSm: the occupancy __launch_bounds__ asks ptxas for (registers <= 64K / (128 *
+// blocks)); the shared memory allows it on sm_90 (228 KiB per SM); the occupancy table of
+// jax_flashllm/_tiling.py holds what ptxas gave per architecture (checked by test_cuda_build.py).
+template <int kBlockM_, int kBlockN_, int kWarpsM_, int kWarpsN_, int kStageChunks_,
+          int kMinBlocksPerSm_>
 struct SpmmTraits {
   static constexpr int kBlockM = kBlockM_;
   static constexpr int kBlockN = kBlockN_;
@@ -35,6 +39,7 @@ struct SpmmTraits {
   static constexpr int kChunkEntries = kThreads * kEntriesPerVec;
   static constexpr int kMaxChunks = kTileElems / kChunkEntries;  // a fully dense tile
   static constexpr int kStageChunks = kStageChunks_;
+  static constexpr int kMinBlocksPerSm = kMinBlocksPerSm_;
 
   // Shared memory: double-buffered dense W tile (swizzled exactly like format locations) and X
   // tile (kBlockN rows of 64 k-values, same swizzle); the epilogue reuses it as an fp32 C tile
@@ -65,14 +70,18 @@ struct SpmmTraits {
 };
 
 // The configurations the dispatcher uses (chosen by N, see launcher.cuh and
-// jax_flashllm/_tiling.py). Staging depth: 4 chunks per format tile = 4096 of 8192 entries, so
-// tiles up to 50 % density (the sparsities Flash-LLM targets) load fully overlapped with the
-// Tensor Core work. 128x128 (large N, 128 accumulators per thread) can afford only 2 chunks (25 %)
-// without spilling. Register use (ptxas, sm_90): 162 / 210 / 188 / 250 — 2-3 blocks per SM, the
-// same as shared memory allows. Denser tiles still work, with the rest loaded after the MMAs.
-using Traits256x16 = SpmmTraits<256, 16, 4, 1, 4>;
-using Traits256x32 = SpmmTraits<256, 32, 4, 1, 4>;
-using Traits128x64 = SpmmTraits<128, 64, 2, 2, 4>;
-using Traits128x128 = SpmmTraits<128, 128, 2, 2, 2>;
+// jax_flashllm/_tiling.py). Occupancy first: a decode-shaped SpMM is bound by the weight stream,
+// and bytes in flight per SM come from resident blocks, so every config asks __launch_bounds__ for
+// the blocks per SM its shared memory allows on sm_90 (3; 2 for 128x128, whose 128 accumulators
+// per thread leave no room) and stages as many register chunks (1024 entries each of a format tile)
+// as fit without spilling (ptxas 13.0, sm_80 and sm_90, registers <= 168):
+//   256x16: 4 chunks (162 registers); 256x32: 2 (3 spilled 56 bytes); 128x64: 3 (4 spilled 12
+//   bytes on sm_80); 128x128: 2 at 2 blocks per SM.
+// Entries beyond the staged chunks are loaded after the MMAs, not overlapped, so no density is
+// ever dropped; at 80 % sparsity a tile has ~1640 entries, which 2 chunks cover.
+using Traits256x16 = SpmmTraits<256, 16, 4, 1, 4, 3>;
+using Traits256x32 = SpmmTraits<256, 32, 4, 1, 2, 3>;
+using Traits128x64 = SpmmTraits<128, 64, 2, 2, 3, 3>;
+using Traits128x128 = SpmmTraits<128, 128, 2, 2, 2, 2>;
 
 }  // namespace flashllm
