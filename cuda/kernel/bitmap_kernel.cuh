@@ -84,8 +84,11 @@ __device__ __forceinline__ void load_stage(const SpmmParams& p, unsigned char* s
 
 // PRMT selectors that pack a lane's two 16-bit values (va at index i0, vb at i0 + 1, both
 // zero-extended) into one A register by which of its two bits are set (pair = bit1 bit0): bytes 2-3
-// of va are zero. 00 -> 0 | 0; 01 -> va | 0; 10 -> 0 | va (its one value sits at i0); 11 -> va | vb.
-constexpr uint64_t kPairSelectors = 0x5410102222102222ull;
+// of va are zero. 00 -> 0 | 0 (0x2222); 01 -> va | 0 (0x2210); 10 -> 0 | va, its one value sits at
+// i0 (0x1022); 11 -> va | vb (0x5410). The four 16-bit selectors are bytes 2*pair, 2*pair + 1 of the
+// 8-byte table {kPairSelHi:kPairSelLo}, so a PRMT looks one up (selector 0x22 * pair + 0x10).
+constexpr uint32_t kPairSelLo = 0x22102222u;
+constexpr uint32_t kPairSelHi = 0x54101022u;
 
 // The A fragment of one 16 x 16 piece of the warp's slab from its 4 blocks (format.h order: a0..a3
 // = blocks 0..3). words: the 8 index words of those blocks (lo/hi per block); next: index of the
@@ -113,7 +116,7 @@ __device__ __forceinline__ void decode_a(uint32_t (&a)[4], const uint16_t* vals,
     uint32_t va, vb;
     ptx::lds_16x2(vals, i0, va, vb);
     const uint32_t pair = (word >> bit) & 3u;
-    a[r] = ptx::prmt(va, vb, uint32_t(kPairSelectors >> (16 * pair)));
+    a[r] = ptx::prmt(va, vb, ptx::prmt(kPairSelLo, kPairSelHi, pair * 0x22u + 0x10u));
     next += lo_count + ptx::popc(hi[r]);
   }
 }

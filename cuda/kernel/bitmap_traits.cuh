@@ -25,15 +25,17 @@ struct BitmapTraits {
   static constexpr int kSmemBytes =
       kMainSmemBytes > B::kEpilogueSmemBytes ? kMainSmemBytes : B::kEpilogueSmemBytes;
 
-  // __launch_bounds__ occupancy: the Tiled-CSL config's, or fewer where this kernel's larger stages
-  // (a full tile of values per sub-tile) leave sm_90's shared memory room for fewer blocks. The
-  // per-SM figures mirror jax_flashllm/_tiling.py ARCH_LIMITS[90] and its 1 KiB per-block reserve
-  // (tests/test_cuda_build.py checks the occupancy ptxas gives).
+  // __launch_bounds__ occupancy: as many blocks as sm_90's shared memory allows (with no register
+  // staging these kernels need fewer registers than Tiled-CSL's), at most 4 (128 registers: ptxas
+  // 13.0 fits every config but 128x128 in that without spills), and 128x128 keeps its config's 2
+  // (128 accumulators per thread). The per-SM figures mirror jax_flashllm/_tiling.py ARCH_LIMITS[90]
+  // and its 1 KiB per-block reserve (tests/test_cuda_build.py checks the occupancy ptxas gives).
   static constexpr int kSm90SmemPerSm = 233472;
   static constexpr int kSmemReservedPerBlock = 1024;
   static constexpr int kSmemBlocksSm90 = kSm90SmemPerSm / (kSmemBytes + kSmemReservedPerBlock);
+  static constexpr int kRegisterBlocks = B::kBlockN >= 128 ? B::kMinBlocksPerSm : 4;
   static constexpr int kMinBlocksPerSm =
-      kSmemBlocksSm90 < B::kMinBlocksPerSm ? kSmemBlocksSm90 : B::kMinBlocksPerSm;
+      kSmemBlocksSm90 < kRegisterBlocks ? kSmemBlocksSm90 : kRegisterBlocks;
 
   // A warp's M extent is exactly one 64-row slab of one format tile: the block order of format.h
   // puts that slab's blocks back to back, so the warp walks its own values front to back and needs

@@ -140,10 +140,14 @@ __device__ __forceinline__ void lds_16x2(const uint16_t* base, int index, uint32
 // Population count (one POPC instruction): the bitmap decode's value offsets.
 __device__ __forceinline__ int popc(uint32_t v) { return __popc(v); }
 
-// Byte permute (one PRMT): result byte i = byte (sel >> 4i) & 7 of the 8 bytes {b:a} (a = bytes
-// 0-3). The bitmap decode packs (or zeroes) a lane's two 16-bit values with it.
+// Byte permute (one PRMT, default mode): result byte i = byte (sel >> 4i) & 7 of the 8 bytes {b:a}
+// (a = bytes 0-3). The bitmap decode packs (or zeroes) a lane's two 16-bit values with it. Inline
+// PTX rather than __byte_perm, which masks the selector first (callers pass selectors whose nibbles
+// have bit 3 clear, so the mask is an instruction for nothing).
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  return __byte_perm(a, b, sel);
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
 }
 
 __device__ __forceinline__ void sts_16(void* smem, uint16_t v) {
