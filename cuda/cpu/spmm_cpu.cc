@@ -7,6 +7,14 @@
 #include <cstdlib>
 #include <limits>
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "cpu/staged.h"
 #include "flashllm/format.h"
 
@@ -14,6 +22,33 @@ namespace flashllm::cpu {
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+constexpr Isa kAllIsas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx};
+
+#if defined(__x86_64__)
+// AMX-TILE and AMX-BF16: CPUID leaf 7, sub-leaf 0, EDX bits 24 and 22 (GCC 12's __builtin_cpu_supports
+// does not know them).
+bool cpuid_has_amx_bf16() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return ((d >> 24) & 1u) && ((d >> 22) & 1u);
+}
+#endif
+
+// Linux hands out the 8 KB AMX tile-data state only to processes that ask (once, for all threads);
+// without it the first tile instruction faults.
+bool os_grants_amx() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool granted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
+#else
+  return false;
+#endif
+}
 
 // "" when this CPU runs the variant, else the features it lacks.
 std::string missing_features(Isa isa) {
@@ -24,6 +59,11 @@ std::string missing_features(Isa isa) {
   };
   switch (isa) {
     case Isa::kPortable: break;
+    case Isa::kAmx:
+      need(cpuid_has_amx_bf16(), "amx-tile/amx-bf16");
+      need(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+      if (missing.empty()) need(os_grants_amx(), "the OS's AMX permission (arch_prctl ARCH_REQ_XCOMP_PERM)");
+      [[fallthrough]];
     case Isa::kAvx512:
       need(__builtin_cpu_supports("avx512f"), "avx512f");
       need(__builtin_cpu_supports("avx512vl"), "avx512vl");
@@ -44,7 +84,7 @@ std::string missing_features(Isa isa) {
 bool cpu_has(Isa isa) { return missing_features(isa).empty(); }
 
 bool parse_isa(const std::string& name, Isa* isa) {
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa i : kAllIsas) {
     if (name == isa_name(i)) {
       *isa = i;
       return true;
@@ -76,7 +116,8 @@ struct IsaOps {
 
 IsaOps ops_for(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return {avx512::max_chunk, avx512::padded_width, avx512::run_task};
+  // amx runs the avx512 code, whose dense-tile multiply checks the active variant.
+  if (isa == Isa::kAvx512 || isa == Isa::kAmx) return {avx512::max_chunk, avx512::padded_width, avx512::run_task};
   if (isa == Isa::kAvx2) return {avx2::max_chunk, avx2::padded_width, avx2::run_task};
 #endif
   (void)isa;
@@ -116,13 +157,14 @@ const char* isa_name(Isa isa) {
     case Isa::kPortable: return "portable";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAmx: return "amx";
   }
   return "?";
 }
 
 std::vector<std::pair<std::string, std::string>> all_isas() {
   std::vector<std::pair<std::string, std::string>> out;
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa i : kAllIsas) {
     const std::string missing = missing_features(i);
     out.emplace_back(isa_name(i), missing.empty() ? "" : "this CPU lacks " + missing);
   }
@@ -131,7 +173,7 @@ std::vector<std::pair<std::string, std::string>> all_isas() {
 
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
+  for (Isa i : kAllIsas)
     if (cpu_has(i)) out.push_back(i);
   return out;
 }

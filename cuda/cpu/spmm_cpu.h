@@ -42,8 +42,9 @@ std::string spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& sch
 
 // Instruction-set variants of the kernel, chosen once at run time (never by compile flags, so one
 // build runs on any x86-64 and on arm64): the best the CPU supports, or FLASHLLM_CPU_ISA=portable|avx2|
-// avx512 in the environment at first use (capped at what the CPU supports).
-enum class Isa { kPortable, kAvx2, kAvx512 };
+// avx512|amx in the environment at first use (capped at what the CPU supports). amx is avx512 with AMX
+// tiles for the dense-tile multiply (N >= 16, bf16).
+enum class Isa { kPortable, kAvx2, kAvx512, kAmx };
 
 const char* isa_name(Isa isa);
 // The variants this CPU can run, portable first.

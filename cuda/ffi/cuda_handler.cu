@@ -33,11 +33,10 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
                                 int64_t split_k, int64_t format) {
   int64_t n = 0;
-  if (std::string why = check_spmm_operands(x, values, tile_offsets, *y, m, k, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n);
+      !why.empty())
     return invalid(why);
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
-  const int64_t tiles = m_tiles * ((k + kTileK - 1) / kTileK);
-  if (std::string why = check_spmm_index(format, index, values, tiles); !why.empty()) return invalid(why);
   const auto dtype = x.element_type();
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
   // the workspace the shape rule allocated matches it.
