@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja "jax>=0.10" "jaxlib>=0.10"
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test install peer gpu-check bench bench-quick clean
+.PHONY: demo test install peer gpu-check gpu-bundle bench bench-quick clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/generate_opt.py
@@ -32,15 +32,11 @@ $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SRC)
 	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
 
-# The benchmarks' PyTorch / transformers peers (pinned extra `peer`), never part of `make test`. torch
-# comes from PyTorch's CPU-only index first: PyPI's Linux wheel of the same version pulls the CUDA stack.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
-peer: $(VENV)/.installed
-	$(PIP) install -q "$$(grep -o 'torch==[0-9.]*' pyproject.toml)" --index-url $(TORCH_INDEX)
-	$(PIP) install -q --no-build-isolation -e ".[test,bench,peer]"
+.PHONY: demo test install peer gpu-check gpu-bundle bench bench-quick clean
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
-# are already installed: build in place, run the suite on the GPU and the kernel benchmark.
+# are already installed (docs/gpu.md): step 1 the bundle, step 2 the JAX path (build in place for
+# this GPU, pytest -m gpu, a short benchmark); within 8 minutes.
 gpu-check:
 	bash scripts/gpu_check.sh
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 
+from jax_flashllm import _constants as C
 from jax_flashllm import _tiling, formats
 from jax_flashllm.format import SparseMatrix
 
-__all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats"]
+__all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats", "kernel_view_dense"]
 
 # SM count the default split-K choice assumes under emulation (H100 / H200), so that
 # emulated_spmm(w, x) runs what sparse_dense would launch on such a GPU.
@@ -57,8 +58,6 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     if x.ndim != 2 or x.shape[1] != k:
         raise ValueError(f"emulated_spmm: x must have shape (N, {k}), got {x.shape}")
     n = x.shape[0]
-    if validate:
-        w.validate()
     if split_k is None:
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS, format=w.format)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
@@ -87,3 +86,30 @@ def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None
     Returns y: (N, M) numpy array in w.dtype (fp32 accumulation, one rounding).
     """
     return emulated_spmm_stats(w, x, split_k=split_k, config=config, validate=validate)[0]
+
+
+def kernel_view_dense(w: SparseMatrix) -> np.ndarray | None:
+    """The (M, K) matrix the GPU kernel multiplies by for w's arrays, valid or not (Tiled-CSL).
+
+    A tile whose range [tile_offsets[t], tile_offsets[t + 1]) is negative, reversed, past the end
+    of the arrays, not a multiple of 8 at either end or longer than a tile counts as empty; a
+    location is taken modulo the tile. For a valid matrix this is w.to_dense(). None where the
+    kernel's result is not defined: a location repeated inside one range (the scatter keeps either
+    value). Returns a numpy array in w.dtype.
+    """
+    values = np.asarray(w.values).astype(np.float32)
+    locs = np.asarray(w.index).astype(np.int64) % C.TILE_ELEMS
+    offs = np.asarray(w.tile_offsets).astype(np.int64)
+    mt_n, kt_n = w.tiles
+    out = np.zeros((mt_n * C.TILE_M, kt_n * C.TILE_K), np.float32)
+    for t in range(mt_n * kt_n):
+        b, e = offs[t], offs[t + 1]
+        if b < 0 or b >= e or e > values.size or e - b > C.TILE_ELEMS or b % C.NNZ_ALIGN or e % C.NNZ_ALIGN:
+            continue
+        loc = locs[b:e]
+        if np.unique(loc).size != loc.size:
+            return None
+        rows, cols = C.unswizzle(loc)
+        mt, kt = divmod(t, kt_n)
+        out[mt * C.TILE_M + rows, kt * C.TILE_K + cols] = values[b:e]
+    return out[:w.shape[0], :w.shape[1]].astype(w.dtype)

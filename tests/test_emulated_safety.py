@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from jax_flashllm import SparseMatrix, _constants as C, _tiling
-from jax_flashllm.testing import emulated_spmm
+from jax_flashllm.testing import emulated_spmm, kernel_view_dense
 from reference import DTYPES, assert_close_to_reference, random_sparse
 
 emu = pytest.importorskip("jax_flashllm._flashllm_emu")
@@ -46,7 +46,7 @@ def _mixed(seed, dtype, m=384, k=320):
             blk = w[mt * 128:(mt + 1) * 128, kt * 64:(kt + 1) * 64]
             blk[...] = rng.standard_normal(blk.shape) * (rng.random(blk.shape) < d)
     dense = w.astype(dtype)
-    return SparseMatrix.from_dense(dense, dtype=dtype), dense
+    return SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl"), dense
 
 
 def _rebuilt(w, values=None, locations=None, offsets=None):
@@ -55,31 +55,6 @@ def _rebuilt(w, values=None, locations=None, offsets=None):
                 np.asarray(w.locations) if locations is None else locations,
                 np.asarray(w.tile_offsets) if offsets is None else offsets)
     return SparseMatrix.tree_unflatten(w.tree_flatten()[1], children)
-
-
-def _kernel_rule_dense(w):
-    """The (M, K) matrix the kernel computes with for possibly malformed arrays: a tile whose range
-    is negative, reversed, past the end, unaligned or over-full is empty; locations are taken modulo
-    the tile. None where the result is not defined (a repeated location inside one range: the GPU's
-    scatter keeps either value)."""
-    values = np.asarray(w.values).astype(np.float32)
-    locs = np.asarray(w.locations).astype(np.int64) % C.TILE_ELEMS
-    offs = np.asarray(w.tile_offsets).astype(np.int64)
-    mt_n, kt_n = w.tiles
-    out = np.zeros((mt_n * C.TILE_M, kt_n * C.TILE_K), np.float32)
-    for t in range(mt_n * kt_n):
-        b, e = offs[t], offs[t + 1]
-        if b < 0 or b >= e or e > values.size or e - b > C.TILE_ELEMS or b % 8 or e % 8:
-            continue
-        loc = locs[b:e]
-        if np.unique(loc).size != loc.size:
-            return None
-        rows = loc // C.TILE_K
-        chunk = (loc % C.TILE_K) // 8 ^ (rows % 8)
-        cols = chunk * 8 + loc % 8
-        mt, kt = divmod(t, kt_n)
-        out[mt * C.TILE_M + rows, kt * C.TILE_K + cols] = values[b:e]
-    return out[:w.shape[0], :w.shape[1]].astype(w.dtype)
 
 
 def _tampered_offsets(w, rng):
@@ -130,7 +105,7 @@ def test_tampered_offsets_never_fault(config, split_k, garbage_races):
         bad = _rebuilt(w, offsets=offs)
         with pytest.raises(ValueError):
             emulated_spmm(bad, x, split_k=split_k, config=config)  # the checked path refuses it
-        expected_w = _kernel_rule_dense(bad)
+        expected_w = kernel_view_dense(bad)
         garbage_races(expected_w is not None)  # the detector stays on wherever y is defined
         y = emulated_spmm(bad, x, split_k=split_k, config=config, validate=False)
         assert y.shape == (9, w.shape[0]), name
@@ -156,7 +131,7 @@ def test_tampered_locations_and_short_arrays_never_fault(dtype, garbage_races):
     # Arrays shorter than the offsets say: every tile reaching past the end is empty.
     short = _rebuilt(w, values=np.asarray(w.values)[: p // 2], locations=np.asarray(w.locations)[: p // 2])
     y = emulated_spmm(short, x, validate=False, split_k=1)
-    assert_close_to_reference(y, x, _kernel_rule_dense(short))
+    assert_close_to_reference(y, x, kernel_view_dense(short))
     # Empty arrays with non-zero offsets.
     empty = _rebuilt(w, values=np.zeros(0, dtype), locations=np.zeros(0, np.uint16))
     y = emulated_spmm(empty, x, validate=False)
@@ -173,7 +148,7 @@ def test_fuzzed_matrices_never_fault(garbage_races):
         values = rng.standard_normal(p).astype(DTYPES[trial % 2])
         locations = rng.integers(0, 2**16, p).astype(np.uint16)
         offsets = rng.integers(-p - 16, p + 16, tiles + 1).astype(np.int32)
-        w = SparseMatrix.tree_unflatten(((m, k), values.dtype.name, C.FORMAT_VERSION),
+        w = SparseMatrix.tree_unflatten(((m, k), values.dtype.name, "tiled_csl"),
                                         (values, locations, offsets))
         x = rng.standard_normal((int(rng.integers(1, 40)), k)).astype(values.dtype)
         y = emulated_spmm(w, x, validate=False, split_k=int(rng.integers(1, 5)))
@@ -193,7 +168,7 @@ def test_split_k_bit_identical_across_block_orders(config, block_order):
     dtype = DTYPES[0]
     rng = np.random.default_rng(10)
     dense = random_sparse(rng, (300, 1100), 0.7).astype(dtype)
-    w = SparseMatrix.from_dense(dense, dtype=dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl")
     x = rng.standard_normal((40, 1100)).astype(dtype)
     for split_k in (2, 5, 16):
         results = []
@@ -223,7 +198,7 @@ def test_split_k_with_nan_inputs_keeps_the_nan_pattern():
     dtype = DTYPES[1]
     rng = np.random.default_rng(12)
     dense = random_sparse(rng, (260, 512), 0.8).astype(dtype)
-    w = SparseMatrix.from_dense(dense, dtype=dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl")
     x = rng.standard_normal((5, 512)).astype(dtype)
     x[2, 7] = np.nan
     y = emulated_spmm(w, x, split_k=4)

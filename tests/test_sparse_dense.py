@@ -93,11 +93,16 @@ def test_primitive_shape_rule_errors():
         spmm(x, s.values, s.locations[:-8], s.tile_offsets, m=64, k=64)
 
 
-def test_malformed_arrays_inside_jit_are_an_error_not_a_crash():
-    # Arrays that bypass validation (pytree unflatten) reach the handler; it must refuse them.
+def test_malformed_arrays_inside_jit_are_an_error_on_the_cpu():
+    # Arrays that bypass validation (pytree unflatten) reach the handler. The CPU handler reads the
+    # offsets on the host and refuses them (the CUDA path cannot read device data: its kernel treats
+    # malformed tiles as empty instead, tests/test_gpu.py and tests/test_emulated_safety.py). Run on
+    # the CPU device explicitly, so the expectation holds on a GPU machine too.
+    cpu = jax.devices("cpu")[0]
     _, _, s = _case(17, 200, 100, 0.5, DTYPES[0])
     bad_offsets = np.array(s.tile_offsets)
     bad_offsets[1] = bad_offsets[2] + 8
-    bad = jax.tree.unflatten(jax.tree.structure(s), [s.values, s.locations, bad_offsets])
-    with pytest.raises(Exception, match="malformed SparseMatrix"):
-        jax.block_until_ready(jf.sparse_dense(np.ones((2, 100), np.float16), bad))
+    with jax.default_device(cpu):
+        bad = jax.tree.unflatten(jax.tree.structure(s), [jnp.asarray(a) for a in (s.values, s.locations, bad_offsets)])
+        with pytest.raises(Exception, match="malformed SparseMatrix"):
+            jax.block_until_ready(jf.sparse_dense(jnp.ones((2, 100), jnp.float16), bad))

@@ -61,3 +61,31 @@ def test_occupancy_table_follows_the_rules():
 def test_degenerate_inputs():
     assert _tiling.choose_split_k(0, 100, 1, 132) == 1
     assert _tiling.choose_split_k(100, 100, 1, 0) == 1
+
+
+# OPT layer shapes (M, K): q/k/v/out (h, h), fc1 (4h, h), fc2 (h, 4h) for OPT-30B / 66B / 175B.
+_OPT_SHAPES = [(m, k) for h in (7168, 9216, 12288) for m, k in ((h, h), (4 * h, h), (h, 4 * h))]
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.7, 0.8, 0.9])
+def test_decode_shapes_fill_an_h200(sparsity):
+    # The scheduling target of issue #12 on an H200 (132 SMs, sm_90): for every OPT decode shape,
+    # split-K and the grid keep >= 2 blocks resident per SM on average, and the loads those blocks
+    # have in flight (each K step's staged values + locations of its format tiles, and the x tile)
+    # add up to >= 24 KB per SM (Little's law: ~4.3 TB/s x ~0.7 us over 132 SMs) up to 80 %
+    # sparsity (worst: 32 KB, OPT-66B fc1, whose 144 blocks take 2 splits = 2.2 per SM). At 90 % a
+    # tile holds only ~820 entries (3.3 KB) and that shape reaches 18 KB: filling it would take a
+    # second tile of prefetch per block (or a third split and a partial second wave), not measured.
+    emu = pytest.importorskip("jax_flashllm._flashllm_emu")
+    stage_entries = {row[0]: row[5] for row in emu.spmm_configs()}
+    tile_entries = round((1 - sparsity) * 128 * 64)
+    for (m, k), n in itertools.product(_OPT_SHAPES, (1, 8, 16, 32)):
+        cfg = _tiling.choose_config(n)
+        occ = _tiling.OCCUPANCY[90][cfg.name].blocks
+        split = _tiling.choose_split_k(m, k, n, 132, 90)
+        grid = -(-m // cfg.block_m) * -(-n // cfg.block_n) * split
+        resident = min(occ, grid / 132)
+        assert resident >= 2, (m, k, n, split, grid)
+        per_block = (cfg.block_m // 128) * min(stage_entries[cfg.name], tile_entries) * 4 + cfg.block_n * 64 * 2
+        need = 24 * 1024 if sparsity <= 0.8 else 18 * 1024
+        assert resident * per_block >= need, (m, k, n, sparsity, resident, per_block)
