@@ -3,7 +3,7 @@ emulator's counts, for OPT decoder layers on A100 / H100 / H200 — a prediction
 
     PYTHONPATH=. python -m benchmarks.gpu_model            # counts (cached) -> table + plot in docs/
     PYTHONPATH=. python -m benchmarks.gpu_model --recount  # re-run the emulator (about 2 minutes)
-    PYTHONPATH=. python -m benchmarks.gpu_model --measured bundle.json   # compare with a GPU run
+    PYTHONPATH=. python -m benchmarks.gpu_model --measured report.json   # a GPU bundle run's report
 
 Per (format, N, sparsity) the emulator runs the real kernel source on a 512 x K matrix at two K; the
 difference gives the per-(block, K step) counts — shared-memory wavefronts, 32-byte global sectors
@@ -258,7 +258,7 @@ def markdown(counts, probes, probe_source) -> str:
     short = {"hbm": "h", "shared": "s", "issue": "i", "tensor": "t", "l2": "l"}
     for gpu_name in ("H200", "H100", "A100"):
         gpu = GPUS[gpu_name]
-        models = ("opt-30b", "opt-175b") if gpu_name == "H200" else ("opt-66b",)
+        models = ("opt-13b", "opt-30b", "opt-175b") if gpu_name == "H200" else ("opt-66b",)
         for model in models:
             hidden = OPT_HIDDEN[model]
             lines.append(f"**{gpu_name}, {model}** (d = {hidden})")
@@ -314,20 +314,28 @@ def plot(counts, probes, path: Path) -> None:
 
 
 def compare_measured(path: Path, counts, probes) -> None:
-    """Predicted / measured per case of a GPU run's JSON: a list of {gpu, format, m, k, n, sparsity,
-    time_us} records (the GPU bundle's speed cases), optionally with a top-level copy_tbs."""
+    """Predicted / measured for every speed case of a GPU bundle report (harness --out JSON: a header
+    with device, copy_gbs, and "cases" with format id, m, k, n, sparsity, us, cublas_us). The device
+    name picks the GPU's rates; its measured copy rate replaces the assumed one."""
+    from jax_flashllm import formats
+
     data = json.loads(path.read_text())
-    records = data["cases"] if isinstance(data, dict) else data
-    for rec in records:
-        gpu = GPUS.get(rec.get("gpu", "H200"), GPUS["H200"])
-        if isinstance(data, dict) and "copy_tbs" in data:
-            gpu = gpu._replace(copy_tbs=float(data["copy_tbs"]))
-        if f"{rec['format']}/{rec['n']}/{rec['sparsity']}" not in counts:
+    gpu = next((g for name, g in GPUS.items() if name in str(data.get("device", ""))), GPUS["H200"])
+    if data.get("copy_gbs"):
+        gpu = gpu._replace(copy_tbs=float(data["copy_gbs"]) / 1000)
+    print(f"{gpu.name} rates, copy {gpu.copy_tbs:.2f} TB/s")
+    for rec in data.get("cases", []):
+        if rec.get("kind") != "speed" or "us" not in rec:
             continue
-        p = predict(gpu, rec["format"], rec["m"], rec["k"], rec["n"], rec["sparsity"], counts, probes)
-        print(f"{rec['format']:9s} {rec['m']}x{rec['k']} N={rec['n']} {rec['sparsity']:.0%}: predicted "
-              f"{p.time_us:.1f} us ({p.bound}), measured {rec['time_us']:.1f} us, "
-              f"ratio {p.time_us / rec['time_us']:.2f}")
+        fmt = formats.get(int(rec["format"])).NAME
+        if f"{fmt}/{rec['n']}/{rec['sparsity']}" not in counts:
+            continue
+        p = predict(gpu, fmt, rec["m"], rec["k"], rec["n"], rec["sparsity"], counts, probes)
+        line = (f"{rec['name']:40s} predicted {p.time_us:8.1f} us ({p.bound}), measured {rec['us']:8.1f} us, "
+                f"ratio {p.time_us / rec['us']:.2f}")
+        if rec.get("cublas_us"):
+            line += f"; dense predicted {p.dense_us:.1f} vs cuBLAS {rec['cublas_us']:.1f} us"
+        print(line)
 
 
 def main(argv=None) -> None:

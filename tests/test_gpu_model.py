@@ -44,3 +44,16 @@ def test_counts_cover_the_grid_and_predictions_behave():
             assert all(a > b for a, b in zip(hbm, hbm[1:]))  # fewer bytes with more zeros
         assert all(p.time_us >= max(v for k, v in p.resources_us.items() if k in
                                     ("hbm", "l2", "shared", "issue", "tensor")) for p in times)
+
+
+def test_measured_report_is_compared(tmp_path, capsys):
+    # The GPU bundle's report layout (cuda/harness/timing.h Report): header + "cases".
+    report = {"device": "NVIDIA H200", "copy_gbs": 4000, "cases": [
+        {"name": "v2_x", "kind": "speed", "format": 2, "m": 12288, "k": 12288, "n": 1, "sparsity": 0.5,
+         "us": 100.0, "cublas_us": 80.0},
+        {"name": "v1_golden", "kind": "correctness", "format": 1}]}
+    path = tmp_path / "report.json"
+    path.write_text(__import__("json").dumps(report))
+    g.compare_measured(path, g.count_table(recount=False), g.RECORDED_PROBES)
+    out = capsys.readouterr().out
+    assert "copy 4.00 TB/s" in out and "v2_x" in out and "ratio" in out and "v1_golden" not in out
