@@ -1,6 +1,7 @@
 """jax_flashllm: unstructured-sparse matmul for JAX (Flash-LLM's Load-as-Sparse, Compute-as-Dense)."""
 
 from jax_flashllm import _constants as constants
+from jax_flashllm import formats
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
 
@@ -16,6 +17,7 @@ __all__ = [
     "SparseLinear",
     "SparseMatrix",
     "constants",
+    "formats",
     "generate",
     "models",
     "nn",

@@ -190,7 +190,8 @@ class SparseMatrix:
         if dtype is None:
             dtype = w.dtype if w.dtype.name in _STORAGE_DTYPES else _STORAGE_DTYPES["bfloat16"]
         dtype = _storage_dtype(dtype)
-        stored = w.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is reported below, with counts
+            stored = w.astype(dtype, copy=False)
         if not allow_overflow and stored is not w:
             _check_overflow(w, stored, dtype)
         bits = stored.view(np.uint16)

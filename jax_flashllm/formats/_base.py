@@ -72,13 +72,14 @@ def tile_of_values(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
 
 
-def pad_plan(counts: np.ndarray, extra: int) -> np.ndarray:
-    """How many zero values each tile gets so that `extra` more are stored: the last tile is filled to
-    TILE_ELEMS first, then the one before it. Used to stack shards of different lengths."""
-    room = (C.TILE_ELEMS - counts)[::-1]  # every room is a multiple of NNZ_ALIGN
+def pad_plan(counts: np.ndarray, room: np.ndarray, extra: int) -> np.ndarray:
+    """How many more values each tile stores so that `extra` more are stored in all: the last tile takes
+    up to its `room` (a multiple of NNZ_ALIGN) first, then the one before it. Used to stack shards of
+    different lengths."""
     if extra < 0 or extra % C.NNZ_ALIGN or extra > int(room.sum()):
         raise ValueError(f"cannot pad {int(counts.sum())} values by {extra}: need a multiple of {C.NNZ_ALIGN} "
-                         f"that fits in the {counts.shape[0] * C.TILE_ELEMS} positions of {counts.shape[0]} tiles")
+                         f"up to the {int(room.sum())} more that {counts.shape[0]} tiles can hold")
+    room = room[::-1]
     before = np.cumsum(room) - room
     return np.clip(extra - before, 0, room)[::-1]
 
@@ -117,16 +118,6 @@ def select_tiles(fmt, values: np.ndarray, index: np.ndarray, offsets: np.ndarray
     elif fmt.INDEX_PER_TILE:
         index = index.reshape(-1, fmt.INDEX_PER_TILE)[tiles].reshape(-1)
     return values[take], index, new_offsets
-
-
-def pad_values(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int):
-    """`pad` for formats whose index is per tile: zeros at tile ends, which no bit references."""
-    counts = np.diff(offsets.astype(np.int64))
-    add = pad_plan(counts, extra)
-    if extra == 0:
-        return value_bits, index, offsets
-    values = insert_at_tile_ends(value_bits, offsets, add, np.zeros(extra, value_bits.dtype))
-    return values, index, offsets_from_counts(counts + add)
 
 
 def outside_mask(shape: tuple[int, int], tile: int) -> np.ndarray:

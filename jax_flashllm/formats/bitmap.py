@@ -121,9 +121,10 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
         raise ValueError(f"tile {bad[0]}: reserved header words {header[bad[0], C.SLABS_PER_TILE:].tolist()} "
                          "must be 0")
     marked = pop.sum(axis=1)
-    bad = np.flatnonzero(marked > counts)
+    bad = np.flatnonzero(_base.round_up(marked) != counts)
     if bad.size:
-        raise ValueError(f"tile {bad[0]}: its bitmaps mark {marked[bad[0]]} values but tile_offsets give it "
+        raise ValueError(f"tile {bad[0]}: its bitmaps mark {marked[bad[0]]} values, so tile_offsets must give it "
+                         f"{_base.round_up(marked[bad[0]])} (padded to a multiple of {C.NNZ_ALIGN}), not "
                          f"{counts[bad[0]]}")
     for tile in _base.edge_tiles(shape):
         outside = _pack(_base.outside_mask(shape, tile)[None])[0]
@@ -138,4 +139,27 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
                          f"0x{int(value_bits[bad]):04x}, not 0")
 
 
-pad = _base.pad_values
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
+    """The same matrix with `extra` more values (see _base.pad_plan): zeros stored explicitly at zero
+    elements inside the logical matrix (their bits set), since a tile holds exactly its marked values
+    rounded up to NNZ_ALIGN. A tile can grow to its logical element count rounded up, the same for
+    every shard of one grid and shape, so the largest shard always fits."""
+    counts = np.diff(offsets.astype(np.int64))
+    rows_in, cols_in = _base.edge_limits(shape)
+    add = _base.pad_plan(counts, _base.round_up(rows_in * cols_in) - counts, extra)
+    if extra == 0:
+        return value_bits, index, offsets
+    words = index.reshape(-1, C.BITMAP_WORDS_PER_TILE).copy()
+    parts = [value_bits[offsets[t]:offsets[t + 1]] for t in range(counts.shape[0])]
+    for t in np.flatnonzero(add):
+        stored = np.unpackbits(words[t, _HEADER:].view(np.uint8), bitorder="little").astype(np.bool_)
+        tile = np.zeros(C.TILE_ELEMS, np.uint16)
+        tile[stored] = parts[t][: int(stored.sum())]
+        target = min(int(counts[t] + add[t]), int(rows_in[t] * cols_in[t]))  # rounds up to counts + add
+        free = np.flatnonzero(~stored & ~_base.outside_mask(shape, t))
+        stored[free[: target - int(stored.sum())]] = True
+        words[t, _HEADER:] = _pack(stored[None])[0]
+        words[t, 1:C.SLABS_PER_TILE] = np.cumsum(stored.reshape(C.SLABS_PER_TILE, -1).sum(axis=1))[:-1]
+        parts[t] = np.zeros(int(counts[t] + add[t]), np.uint16)
+        parts[t][:target] = tile[stored]
+    return np.concatenate(parts), words.reshape(-1), _base.offsets_from_counts(counts + add)

@@ -61,4 +61,9 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
             raise ValueError(f"tile {tile} holds nonzeros outside the logical {shape[0]}x{shape[1]} matrix")
 
 
-pad = _base.pad_values
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
+    """Dense matrices of one tile grid store equally many values: there is nothing to pad."""
+    if extra:
+        raise ValueError(f"a dense-format matrix stores all {value_bits.shape[0]} values of its tiles and "
+                         f"cannot hold {extra} more")
+    return value_bits, index, offsets
