@@ -12,15 +12,6 @@ namespace ffi = xla::ffi;
 namespace flashllm {
 namespace {
 
-// The index's element type each format stores (tiled_csl: locations; bitmap: words; dense: none,
-// an empty uint32 array).
-std::string check_index_type(int64_t format, ffi::DataType type) {
-  if (format == kFormatTiledCsl) return type == ffi::U16 ? "" : "a tiled_csl index (locations) must be uint16";
-  if (format == kFormatBitmap || format == kFormatDense)
-    return type == ffi::U32 ? "" : "a bitmap or dense index must be uint32";
-  return "unknown format id " + std::to_string(format);
-}
-
 ffi::Error FlashllmSpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer values,
                                ffi::AnyBuffer index, ffi::Buffer<ffi::S32> tile_offsets,
                                ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> workspace,
@@ -28,9 +19,8 @@ ffi::Error FlashllmSpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
   (void)workspace;  // split-K is a GPU strategy; the CPU kernel parallelizes over tile rows.
   (void)split_k;
   int64_t n = 0;
-  std::string why = check_spmm_operands(x, values, tile_offsets, *y, m, k, n);
-  if (why.empty()) why = check_index_type(format, index.element_type());
-  if (!why.empty()) return ffi::Error::InvalidArgument("flashllm_spmm_cpu: " + why);
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
+    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: " + why);
   const auto dtype = x.element_type();
 
   cpu::SpmmProblem p{static_cast<const uint16_t*>(x.untyped_data()),
