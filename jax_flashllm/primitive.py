@@ -1,13 +1,14 @@
 """The `flashllm_spmm` primitive: shape rule, FFI lowering per platform, batching and autodiff.
 
     flashllm_spmm(x (N, K), values (P,), index, tile_offsets (T+1,) int32;
-                  m, k, split_k, format) -> (y (N, M) x.dtype, workspace (split_k * N * M_pad,) float32)
+                  m, k, split_k, format) -> (y (N, M) x.dtype, workspace (workspace_size(m, N, split_k),) float32)
 
 `format` is the weight's format id (jax_flashllm.formats: 1 tiled_csl, 2 bitmap, 3 dense), which fixes
 the index's dtype and shape; the FFI handlers pick their kernel by it.
 
-The workspace is the CUDA kernel's split-K scratch: a result sized here so the handler allocates
-nothing (empty when split_k == 1). Public code calls `jax_flashllm.sparse_dense`, not this.
+The workspace is the CUDA kernel's split-K scratch (fp32 partials and per-output-tile arrival
+counters, cuda/kernel/splitk.cuh): a result sized here so the handler allocates nothing (empty when
+split_k == 1). Public code calls `jax_flashllm.sparse_dense`, not this.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 // XLA FFI handler "flashllm_spmm_cuda": unpack and check buffers, launch the SpMM kernel of the
 // matrix's format (the `format` attribute) on XLA's stream, report the launch's own errors.
 // Command-buffer compatible: it only enqueues work (with split-K, a memset of the arrival counters
-// and the kernel) — no allocation (the split-K workspace
-// is a result sized by the primitive's shape rule), no synchronization, no host reads of device
-// data. What it guarantees: shapes, dtypes, sizes and pointer alignment are checked here; the
+// and the kernel) — no allocation (the split-K workspace is a result sized by the primitive's shape
+// rule), no synchronization, no host reads of device data. What it guarantees: shapes, dtypes, sizes and pointer alignment are checked here; the
 // arrays' contents cannot be (they stay on the device), and the kernel treats any malformed tile as
 // empty, so a corrupt matrix gives a wrong y, never a fault (docs/gpu.md).
 #include "ffi/cuda_handler.h"

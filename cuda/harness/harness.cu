@@ -157,7 +157,7 @@ double dense_us(Run& r, const Case& c, double seconds) {
   }
   auto* x = b.alloc<uint16_t>(size_t(c.n) * c.k, 0);
   auto* y = b.alloc<uint16_t>(size_t(c.n) * c.m, 0);
-  if (!b.ok()) return -1;
+  if (!b.ok() || cudaDeviceSynchronize() != cudaSuccess) return -1;  // generators done (legacy stream)
   int status = 0;
   const double us = r.timing.median_us(seconds, [&](int it) {
     const int st = r.cublas.gemm(r.timing.stream(), c.bf16, c.m, c.n, c.k, ws[size_t(it % rot)], x, y);
@@ -217,9 +217,12 @@ void run_speed(Run& r, const Case& c, double case_seconds, Json& j) {
   auto* y = b.alloc<uint16_t>(size_t(c.n) * c.m, 0);
   const int64_t ws = splitk_workspace_words(c.split_k, c.n, m_tiles);
   auto* workspace = b.alloc<float>(size_t(ws), 0);
-  if (!b.ok()) {
-    j.str("error", b.error());
+  // The generators ran on the legacy stream, the timing runs on a non-blocking one: finish them.
+  const cudaError_t gen = cudaDeviceSynchronize();
+  if (!b.ok() || gen != cudaSuccess) {
+    j.str("error", b.ok() ? std::string("generating the matrix: ") + cudaGetErrorString(gen) : b.error());
     r.failed = true;
+    r.fatal = sticky(gen);
     return;
   }
   std::string launch_err;
