@@ -40,6 +40,7 @@ def dense_matrices(draw):
 def test_roundtrip_is_exact_for_every_format(w, fmt, dtype):
     s = SparseMatrix.from_dense(w, dtype, format=fmt).validate()
     assert s.format == fmt and s.format_id == formats.get(fmt).ID and s.shape == w.shape
+    assert isinstance(s.to_dense(), jax.Array)
     np.testing.assert_array_equal(np.asarray(s.to_dense()).view(np.uint16), _expected_bits(w, dtype))
     assert s.nnz == np.count_nonzero(_expected_bits(w, dtype) & 0x7FFF)
     counts = np.diff(s.tile_offsets)

@@ -45,23 +45,20 @@ def _pack(nonzero: np.ndarray) -> np.ndarray:
 
 def encode(bits: np.ndarray):
     """(M, K) uint16 bit patterns -> (value bits (P,) uint16, index (T * 260,) uint32, tile_offsets)."""
-    ordered = _base.to_block_order(_base.padded_bits(bits))
+    # Each tile row carries NNZ_ALIGN spare zeros: its padding is the first `need` of them, so one boolean
+    # gather yields every tile's values followed by its padding.
+    ordered = _base.to_block_order(_base.padded_bits(bits), spare=C.NNZ_ALIGN)
     t = ordered.shape[0]
-    nonzero = (ordered & 0x7FFF) != 0  # -0.0 is a zero; NaN/Inf are not.
+    keep = (ordered & 0x7FFF) != 0  # -0.0 is a zero; NaN/Inf are not.
+    nonzero = keep[:, :C.TILE_ELEMS]
     counts = nonzero.sum(axis=1, dtype=np.int64)
-    offsets = _base.offsets_from_counts(_base.round_up(counts))
+    need = _base.round_up(counts) - counts
+    keep[:, C.TILE_ELEMS:] = np.arange(C.NNZ_ALIGN) < need[:, None]
     index = np.zeros((t, C.BITMAP_WORDS_PER_TILE), np.uint32)
     index[:, _HEADER:] = _pack(nonzero)
     slab_counts = nonzero.reshape(t, C.SLABS_PER_TILE, -1).sum(axis=2, dtype=np.int64)
     index[:, 1:C.SLABS_PER_TILE] = np.cumsum(slab_counts, axis=1)[:, :-1]
-    packed = ordered[nonzero]
-    if offsets[-1] == packed.size:
-        values = packed
-    else:  # shift each tile's run to its aligned start; the gaps stay zero
-        values = np.zeros(int(offsets[-1]), np.uint16)
-        start = np.cumsum(counts) - counts
-        values[np.arange(packed.size) + np.repeat(offsets[:-1] - start, counts)] = packed
-    return values, index.reshape(-1), offsets
+    return ordered[keep], index.reshape(-1), _base.offsets_from_counts(counts + need)
 
 
 def _popcount(words):
@@ -100,6 +97,19 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     row = jnp.asarray(_BLOCK_ROW0)[b] + bit // C.BLOCK_COLS
     col = jnp.asarray(_BLOCK_COL0)[b] + bit % C.BLOCK_COLS
     return g // C.BLOCKS_PER_TILE, row, col, valid
+
+
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp): each set bit takes the value at its
+    tile's offset + its rank among the tile's set bits. O(M x K) work, like the result."""
+    if values.shape[0] == 0:
+        return jnp.zeros((tiles, C.TILE_ELEMS), values.dtype)
+    words = index.reshape(tiles, C.BITMAP_WORDS_PER_TILE)[:, _HEADER:]
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    stored = ((words[:, :, None] >> shifts) & 1).reshape(tiles, C.TILE_ELEMS).astype(jnp.bool_)
+    source = tile_offsets[:-1, None] + jnp.cumsum(stored, axis=1, dtype=jnp.int32) - 1
+    ordered = jnp.where(stored, values[jnp.clip(source, 0, values.shape[0] - 1)], jnp.zeros((), values.dtype))
+    return ordered[:, _base.FROM_BLOCK_ORDER]
 
 
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:

@@ -47,6 +47,11 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     return p // C.TILE_ELEMS, pos // C.TILE_K, pos % C.TILE_K, None
 
 
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp)."""
+    return values.reshape(tiles, C.TILE_ELEMS)[:, _base.FROM_BLOCK_ORDER]
+
+
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
     """Format-specific invariants (the common ones are checked by the caller)."""
     if index.shape[0] != 0:

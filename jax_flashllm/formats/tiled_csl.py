@@ -64,6 +64,13 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     return tile, r, c, None
 
 
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp): one scatter of the values."""
+    tile, r, c, _ = entry_coords(index, tile_offsets, values.shape[0], tiles)
+    flat = jnp.zeros(tiles * C.TILE_ELEMS, values.dtype)
+    return flat.at[tile * C.TILE_ELEMS + r * C.TILE_K + c].set(values, unique_indices=True).reshape(tiles, -1)
+
+
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
     """Format-specific invariants (the common ones are checked by the caller). O(P) memory."""
     if index.shape != value_bits.shape:
