@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from jax_flashllm import _constants as C
 
-__all__ = ["CONFIGS", "OCCUPANCY", "TileConfig", "choose_config", "choose_split_k", "config_index",
+__all__ = ["CONFIGS", "FORMAT_OCCUPANCY", "OCCUPANCY", "TileConfig", "choose_config", "choose_split_k", "config_index",
            "blocks_per_sm", "workspace_size"]
 
 
@@ -98,6 +98,27 @@ OCCUPANCY: dict[int, dict[str, Occupancy]] = {
            for name in _SMEM}
     for arch, regs in _REGISTERS.items()
 }
+# The bitmap / dense kernel (cuda/kernel/bitmap_kernel.cuh) of each config: its own shared memory
+# (bitmap_traits.cuh: a full tile of values per sub-tile and stage, plus the bitmap index) and
+# registers (ptxas -v, CUDA 13.0, the larger of fp16 / bf16 and of the architectures; 128x64 is held
+# to 128 by its __launch_bounds__), so its own resident blocks per SM.
+_FORMAT_SMEM = {
+    "bitmap": {"256x16": 73792, "256x32": 77888, "128x64": 51232, "128x128": 67616},
+    "dense": {"256x16": 69632, "256x32": 73728, "128x64": 49152, "128x128": 67584},
+}
+_FORMAT_REGISTERS = {
+    "bitmap": {"256x16": 92, "256x32": 139, "128x64": 128, "128x128": 234},
+    "dense": {"256x16": 80, "256x32": 125, "128x64": 125, "128x128": 222},
+}
+# format name -> arch -> config -> Occupancy; "tiled_csl" is OCCUPANCY.
+FORMAT_OCCUPANCY: dict[str, dict[int, dict[str, Occupancy]]] = {
+    "tiled_csl": OCCUPANCY,
+    **{fmt: {arch: {name: Occupancy(_FORMAT_REGISTERS[fmt][name], smem[name],
+                                    blocks_per_sm(_FORMAT_REGISTERS[fmt][name], smem[name], arch))
+                    for name in smem}
+             for arch in _REGISTERS}
+       for fmt, smem in _FORMAT_SMEM.items()},
+}
 DEFAULT_ARCH = 90  # H100 / H200, what the emulation and the split-K choice assume by default
 
 
@@ -124,7 +145,8 @@ def choose_config(n: int) -> TileConfig:
     return CONFIGS[config_index(n)]
 
 
-def choose_split_k(m: int, k: int, n: int, num_sms: int, arch: int = DEFAULT_ARCH) -> int:
+def choose_split_k(m: int, k: int, n: int, num_sms: int, arch: int = DEFAULT_ARCH,
+                   format: str = "tiled_csl") -> int:
     """Split-K factor for y (N, M) = x (N, K) @ W^T on a GPU with `num_sms` SMs of compute
     capability `arch` (major * 10 + minor; unknown ones use the nearest lower known one).
 
@@ -132,13 +154,15 @@ def choose_split_k(m: int, k: int, n: int, num_sms: int, arch: int = DEFAULT_ARC
     (Little's law: ~3 MB on an H200, ~24 KB per SM), which only resident blocks provide. So K is
     split until the grid holds every SM's resident blocks (OCCUPANCY) once: split = resident slots //
     output blocks, capped so each split keeps MIN_K_TILES_PER_SPLIT K tiles and at MAX_SPLIT_K.
-    1 means no split and an empty workspace.
+    1 means no split and an empty workspace. format: the weight's format name (each kernel family
+    has its own occupancy, FORMAT_OCCUPANCY).
     """
     if m <= 0 or n <= 0 or k <= 0 or num_sms <= 0:
         return 1
     cfg = choose_config(n)
-    known = [a for a in sorted(OCCUPANCY) if a <= arch] or [min(OCCUPANCY)]
-    slots = num_sms * OCCUPANCY[known[-1]][cfg.name].blocks
+    table = FORMAT_OCCUPANCY[format]
+    known = [a for a in sorted(table) if a <= arch] or [min(table)]
+    slots = num_sms * table[known[-1]][cfg.name].blocks
     blocks = -(-m // cfg.block_m) * -(-n // cfg.block_n)
     k_tiles = C.tile_grid(m, k)[1]
     split = min(slots // blocks, k_tiles // MIN_K_TILES_PER_SPLIT, MAX_SPLIT_K)

@@ -65,7 +65,7 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
         y = jnp.zeros((*lead, m), x.dtype)
     else:
         y = spmm(x.reshape(n, k), w.values, w.index, w.tile_offsets, m=m, k=k,
-                 split_k=choose_split_k(m, k, n), format=w.format_id)
+                 split_k=choose_split_k(m, k, n, w.format_id), format=w.format_id)
         y = y.reshape(*lead, m)
     if bias is not None:
         y = y + bias.astype(y.dtype)

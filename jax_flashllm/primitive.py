@@ -40,16 +40,17 @@ def workspace_size(m: int, n: int, split_k: int) -> int:
     return _tiling.workspace_size(m, n, split_k)
 
 
-def choose_split_k(m: int, k: int, n: int) -> int:
-    """Split-K factor for an (N, K) x (M, K)^T product on the default device: the CUDA kernel's choice
-    on a GPU, 1 (no workspace) elsewhere. Decided at trace time: the workspace it implies is part of
-    the program."""
+def choose_split_k(m: int, k: int, n: int, format: int = F.tiled_csl.ID) -> int:
+    """Split-K factor for an (N, K) x (M, K)^T product of a weight in format id `format` on the default
+    device: the CUDA kernel's choice on a GPU, 1 (no workspace) elsewhere. Decided at trace time: the
+    workspace it implies is part of the program."""
     device = jax.devices()[0]
     if device.platform != "gpu":
         return 1
     cc = str(getattr(device, "compute_capability", "9.0")).split(".")
     arch = int(cc[0]) * 10 + (int(cc[1]) if len(cc) > 1 else 0)
-    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132), arch)
+    return _tiling.choose_split_k(m, k, n, getattr(device, "core_count", 132), arch,
+                                  format=F.get(format).NAME)
 
 
 def spmm(x, values, index, tile_offsets, *, m: int, k: int, split_k: int = 1, format: int = F.tiled_csl.ID):
@@ -114,7 +115,7 @@ def _batch(args, dims, *, m, k, split_k, format):
         # The folded problem has B*N rows and may want another split; the per-example workspace the
         # caller sees is never read (XLA drops the zeros), only its shape must stay what bind promised.
         y = spmm(x.reshape(b * n, k), values, index, tile_offsets, m=m, k=k,
-                 split_k=choose_split_k(m, k, b * n), format=format)
+                 split_k=choose_split_k(m, k, b * n, format), format=format)
         ws = jnp.zeros((b, workspace_size(m, n, split_k)), jnp.float32)
         return (y.reshape(b, n, m), ws), (0, 0)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)

@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 
 from jax_flashllm import _constants as C
-from jax_flashllm import _tiling
+from jax_flashllm import _tiling, formats
 from jax_flashllm.format import SparseMatrix
 
 __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats", "kernel_view_dense"]
@@ -17,6 +17,12 @@ __all__ = ["EMULATED_NUM_SMS", "emulated_spmm", "emulated_spmm_stats", "kernel_v
 EMULATED_NUM_SMS = 132
 
 _DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def _index_array(w: SparseMatrix):
+    """(format id, the format's index as a contiguous numpy array of its dtype)."""
+    fmt = formats.get(w.format)
+    return fmt.ID, np.ascontiguousarray(np.asarray(w.index), dtype=fmt.INDEX_DTYPE)
 
 
 def _config_arg(config) -> int:
@@ -42,10 +48,6 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
-    if w.format != "tiled_csl":
-        raise NotImplementedError(f"emulated_spmm: the emulated CUDA kernel reads only the tiled_csl format "
-                                  f"so far, got a {w.format}-format matrix (the bitmap CUDA kernel is "
-                                  "issue #10); encode with format='tiled_csl'")
     if validate:
         w.validate()  # the emulated kernel, like the real one, trusts its buffers
     dtype = _DTYPES.get(np.dtype(w.dtype).name)
@@ -57,13 +59,13 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
         raise ValueError(f"emulated_spmm: x must have shape (N, {k}), got {x.shape}")
     n = x.shape[0]
     if split_k is None:
-        split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
+        split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS, format=w.format)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    locations = np.ascontiguousarray(np.asarray(w.index)).view(np.uint16)
-    offsets = np.ascontiguousarray(np.asarray(w.tile_offsets)).view(np.int32)
-    y_bits, stats = _flashllm_emu.spmm(values, locations, offsets, x_bits, m, k, dtype.name,
-                                       int(split_k), _config_arg(config))
+    fid, index = _index_array(w)
+    offsets = np.ascontiguousarray(np.asarray(w.tile_offsets), dtype=np.int32)
+    y_bits, stats = _flashllm_emu.spmm(values, index, offsets, x_bits, m, k, dtype.name,
+                                       int(split_k), _config_arg(config), fid)
     return np.asarray(y_bits).view(dtype), dict(stats)
 
 
@@ -71,7 +73,8 @@ def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None
                   validate: bool = True) -> np.ndarray:
     """y = x @ w.to_dense().T computed by the CUDA kernel's source under host emulation.
 
-    w: SparseMatrix (M, K) float16 | bfloat16. x: (N, K) array-like, cast to w's dtype.
+    w: SparseMatrix (M, K) float16 | bfloat16 in any format (tiled_csl, bitmap, dense: the GPU
+    dispatcher's kernel for that format). x: (N, K) array-like, cast to w's dtype.
     split_k: K slices (fp32 partials, reduced in split order by the last block of each output
     tile); None: what the GPU dispatcher would choose for a GPU with EMULATED_NUM_SMS SMs (sm_90).
     config: None (chosen by N, as on the GPU), a name from jax_flashllm._tiling.CONFIGS (e.g.

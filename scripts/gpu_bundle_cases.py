@@ -39,7 +39,7 @@ from jax_flashllm.testing import EMULATED_NUM_SMS, emulated_spmm, kernel_view_de
 # The formats with a CUDA kernel (and its emulation), and their case-name tags. The bitmap (v2) and
 # dense (v3) kernels add "bitmap": "v2", "dense": "v3" here, and their entries in
 # cuda/harness/formats.cuh (launch, device generator); every case line carries its format id.
-FORMATS = {"tiled_csl": "v1"}
+FORMATS = {"tiled_csl": "v1", "bitmap": "v2", "dense": "v3"}
 FORMAT_IDS = {"tiled_csl": C.FORMAT_TILED_CSL, "bitmap": C.FORMAT_BITMAP, "dense": C.FORMAT_DENSE}
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -97,9 +97,11 @@ def cases(rng):
                 w = SparseMatrix.from_dense(mixed(rng, 301, 250, dtype), dtype=dtype, format=fmt)
                 out.append((f"{tag}_{dn}_{cfg.name}_mixed_split{split}", w, rng.standard_normal((20, 250)).astype(dtype), split, ci, 0))
         # A decode shape at the split the dispatcher picks for an H200.
-        w = SparseMatrix.from_dense(sparse(rng, 2048, 4096, 0.9, BF16), dtype=BF16, format=fmt)
-        split = _tiling.choose_split_k(2048, 4096, 8, EMULATED_NUM_SMS)
-        out.append((f"{tag}_bf16_decode2048x4096_n8_split{split}", w, rng.standard_normal((8, 4096)).astype(BF16), split, -1, 0))
+        # (256 rows for the dense format, which stores every element: the bundle stays <= 48 MiB.)
+        rows = 256 if fmt == "dense" else 2048
+        w = SparseMatrix.from_dense(sparse(rng, rows, 4096, 0.9, BF16), dtype=BF16, format=fmt)
+        split = _tiling.choose_split_k(rows, 4096, 8, EMULATED_NUM_SMS, format=fmt)
+        out.append((f"{tag}_bf16_decode{rows}x4096_n8_split{split}", w, rng.standard_normal((8, 4096)).astype(BF16), split, -1, 0))
         # NaN in x: NaN rows in y exactly where float64 has them.
         w = SparseMatrix.from_dense(sparse(rng, 260, 512, 0.8, BF16), dtype=BF16, format=fmt)
         x = rng.standard_normal((5, 512)).astype(BF16)
@@ -120,7 +122,9 @@ def cases(rng):
 
 
 def write(path: Path, w, x, split, config, flags, y):
-    wd = kernel_view_dense(w)
+    # What the kernel multiplies by: malformed Tiled-CSL tiles count as empty; the other formats'
+    # cases are valid matrices.
+    wd = kernel_view_dense(w) if w.format == "tiled_csl" else np.asarray(w.to_dense())
     assert wd is not None
     x64 = x.astype(np.float64)
     ref = x64 @ wd.astype(np.float64).T
@@ -157,7 +161,7 @@ def speed_cases() -> list[str]:
             for model, (hid, f) in OPT_SIZES.items():
                 for layer, (m, k) in (("qkvo", (hid, hid)), ("fc1", (f, hid)), ("fc2", (hid, f))):
                     for n in SPEED_NS:
-                        split = _tiling.choose_split_k(m, k, n, H200_SMS, H200_ARCH)
+                        split = _tiling.choose_split_k(m, k, n, H200_SMS, H200_ARCH, format=fmt)
                         name = f"{tag}_{model}_{layer}_n{n}_s{round(sparsity * 100)}"
                         lines.append(f"speed {name} {fid} bfloat16 {m} {k} {n} {sparsity} {split}")
     return lines

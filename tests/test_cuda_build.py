@@ -28,6 +28,8 @@ _SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _USED = re.compile(r"Used (\d+) registers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 _TRAITS = re.compile(r"SpmmTraitsILi(\d+)ELi(\d+)E")
+# BitmapTraits<SpmmTraits<...>, kDense>: the bool argument mangles as Lb1E (true) / Lb0E (false).
+_BITMAP_DENSE = re.compile(r"BitmapTraitsI.*ELb1EE")
 
 
 def _ptxas_report(source: pathlib.Path, arch: int, out_dir: str) -> dict[str, dict]:
@@ -62,9 +64,23 @@ def reports(tmp_path_factory):
 
 
 def _dynamic_smem():
-    """(block_m, block_n) -> dynamic shared memory bytes, from the compiled tiling table."""
+    """(kernel family, block_m, block_n) -> dynamic shared memory bytes, from the compiled tables
+    (family: "csl" = spmm_kernel, "bitmap" / "dense" = spmm_bitmap_kernel<BitmapTraits<., false / true>>)."""
     emu = pytest.importorskip("jax_flashllm._flashllm_emu")
-    return {(row[2], row[3]): row[4] for row in emu.spmm_configs()}
+    out = {}
+    for row, (name, bitmap, dense, *_) in zip(emu.spmm_configs(), emu.spmm_bitmap_smem()):
+        assert row[0] == name
+        out[("csl", row[2], row[3])] = row[4]
+        out[("bitmap", row[2], row[3])] = bitmap
+        out[("dense", row[2], row[3])] = dense
+    return out
+
+
+def _family(kernel_name: str) -> str:
+    """Kernel family of a mangled kernel name (see _dynamic_smem)."""
+    if "spmm_bitmap_kernel" not in kernel_name:
+        return "csl"
+    return "dense" if _BITMAP_DENSE.search(kernel_name) else "bitmap"
 
 
 def test_every_instantiation_compiled_alone(reports):
@@ -75,7 +91,9 @@ def test_every_instantiation_compiled_alone(reports):
         if src.name == "launcher.cu":
             assert not rep, (src.name, arch, list(rep))
         else:
-            assert len(rep) == 1 and "spmm_kernel" in next(iter(rep)), (src.name, arch, list(rep))
+            assert len(rep) == 1, (src.name, arch, list(rep))
+            name = next(iter(rep))
+            assert "spmm_kernel" in name or "spmm_bitmap_kernel" in name, (src.name, arch, name)
 
 
 def test_occupancy_table_matches_ptxas(reports):
@@ -91,13 +109,17 @@ def test_occupancy_table_matches_ptxas(reports):
             if not m:
                 continue
             config = f"{m.group(1)}x{m.group(2)}"
-            occ = _tiling.OCCUPANCY[arch][config]
+            fmt = {"csl": "tiled_csl"}.get(_family(name), _family(name))
+            occ = _tiling.FORMAT_OCCUPANCY[fmt][arch][config]
             assert r["registers"] <= occ.registers, (src.name, arch, r, occ)
-            assert occ.smem_bytes == rows[config][4]
+            assert occ.smem_bytes == _dynamic_smem()[(_family(name), int(m.group(1)), int(m.group(2)))]
             assert _tiling.blocks_per_sm(r["registers"], occ.smem_bytes, arch) == occ.blocks, (
                 src.name, arch, r, occ)
     for config, row in rows.items():
         assert row[6] == _tiling.OCCUPANCY[90][config].blocks  # __launch_bounds__ min blocks
+    for config, _, _, bitmap_blocks, dense_blocks in emu.spmm_bitmap_smem():
+        assert bitmap_blocks == _tiling.FORMAT_OCCUPANCY["bitmap"][90][config].blocks
+        assert dense_blocks == _tiling.FORMAT_OCCUPANCY["dense"][90][config].blocks
 
 
 def test_no_register_spills(reports):
@@ -114,7 +136,7 @@ def test_shared_memory_within_block_limit(reports):
     for (src, arch), rep in reports.items():
         for name, r in rep.items():
             if m := _TRAITS.search(name):
-                tile = (int(m.group(1)), int(m.group(2)))
+                tile = (_family(name), int(m.group(1)), int(m.group(2)))
                 seen.add(tile)
                 total = r["smem"] + dynamic[tile]
                 assert total <= SMEM_LIMIT[arch], (src.name, arch, total)

@@ -13,7 +13,7 @@ import pytest
 
 from jax_flashllm import SparseMatrix, _tiling
 from jax_flashllm.testing import emulated_spmm, emulated_spmm_stats
-from reference import DTYPES, assert_close_to_reference, random_sparse
+from reference import DTYPES, assert_close_to_reference, mixed_density_dense, random_sparse
 
 emu = pytest.importorskip("jax_flashllm._flashllm_emu")
 
@@ -81,16 +81,8 @@ def test_every_config_any_n(config, dtype, split_k):
 
 
 def _mixed_density_matrix(rng, dtype):
-    """(384, 256): tile rows x tile cols with empty, fully dense, half-dense and sparse tiles, and
-    single-entry tiles (one real entry + 7 padding entries)."""
-    w = np.zeros((384, 256), np.float32)
-    dens = [[0.0, 1.0, 0.5, 0.05], [1.0, 0.0, 0.0, 1.0], [0.2, 1.0, 0.999, 0.0]]
-    for mt, row in enumerate(dens):
-        for kt, d in enumerate(row):
-            blk = rng.standard_normal((128, 64)).astype(np.float32) * (rng.random((128, 64)) < d)
-            w[mt * 128:(mt + 1) * 128, kt * 64:(kt + 1) * 64] = blk
-    w[128 + 77, 64 + 5] = 3.0  # an otherwise empty tile with one entry
-    dense = w.astype(dtype)
+    """(384, 256) with empty, fully dense, half-dense, sparse and single-entry tiles."""
+    dense = mixed_density_dense(rng).astype(dtype)
     return SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl"), dense
 
 

@@ -36,7 +36,8 @@ def test_speed_cases_cover_the_issue_and_use_the_dispatcher_split():
         m, k, n, split = int(m), int(k), int(n), int(split)
         seen.add((m, k, n, float(sparsity)))
         if not name.startswith("sweep"):
-            assert split == _tiling.choose_split_k(m, k, n, mod.H200_SMS, mod.H200_ARCH), line
+            fmt_name = next(f for f, i in mod.FORMAT_IDS.items() if i == int(fmt))
+            assert split == _tiling.choose_split_k(m, k, n, mod.H200_SMS, mod.H200_ARCH, format=fmt_name), line
     for h, f in mod.OPT_SIZES.values():
         for m, k in ((h, h), (f, h), (h, f)):
             for n in (1, 8, 16, 32):
@@ -51,6 +52,7 @@ def test_correctness_cases_cover_configs_ns_and_malformed_inputs():
     cases = mod.cases(np.random.default_rng(0))
     names = [c[0] for c in cases]
     assert len(names) >= 20 and len(set(names)) == len(names)
+    assert {c[1].format for c in cases} == {"tiled_csl", "bitmap", "dense"}  # every kernel family
     for n in (1, 8, 16, 17, 33, 65, 130):
         assert any(f"_n{n}_" in name for name in names)
     assert {c[4] for c in cases} >= {-1, 0, 1, 2, 3}  # every config forced at least once

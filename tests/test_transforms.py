@@ -124,7 +124,7 @@ def test_vmap_keeps_the_per_example_workspace_shape(case, monkeypatch):
     from jax_flashllm import primitive
 
     w, s, x = case
-    monkeypatch.setattr(primitive, "choose_split_k", lambda m, k, n: 1 + (n > 6))
+    monkeypatch.setattr(primitive, "choose_split_k", lambda m, k, n, format=1: 1 + (n > 6))
     xb = jnp.asarray(x.reshape(2, 3, K))
     ys, ws = jax.vmap(lambda xi: primitive.flashllm_spmm_p.bind(
         xi, s.values, s.index, s.tile_offsets, m=M, k=K, split_k=2, format=s.format_id))(xb)

@@ -133,10 +133,10 @@ struct Stats {
 
 // The same counters broken down by instruction, for finding where conflicts come from.
 enum class Op : int {
-  kLdmatrix, kSts16, kSts32, kSts128, kLds32, kLds128, kLdg128, kLdg32, kCpAsync, kCount
+  kLdmatrix, kSts16, kSts32, kSts128, kLds32, kLds128, kLdg128, kLdg32, kCpAsync, kLds16, kCount
 };
 struct OpStats {
-  const char* op;  // "ldmatrix", "sts_16", "sts_32", "sts_128", "lds_32", "lds_128", "ldg_128", ...
+  const char* op;  // "ldmatrix", "sts_16", "sts_32", "sts_128", "lds_32", "lds_128", "ldg_128", ..., "lds_16"
   uint64_t requests = 0;
   uint64_t wavefronts = 0;      // shared-memory instructions
   uint64_t bank_conflicts = 0;  // shared-memory instructions

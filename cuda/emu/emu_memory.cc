@@ -28,7 +28,8 @@ Schedule g_schedule = [] {
 }();
 
 static const char* const kOpNames[int(Op::kCount)] = {
-    "ldmatrix", "sts_16", "sts_32", "sts_128", "lds_32", "lds_128", "ldg_128", "ldg_32", "cp.async"};
+    "ldmatrix", "sts_16", "sts_32", "sts_128", "lds_32", "lds_128", "ldg_128", "ldg_32", "cp.async",
+    "lds_16"};
 
 void add_gmem(Worker& wk, Op op, uint64_t sectors) {
   wk.stats.gmem_requests += 1;

@@ -31,6 +31,7 @@ enum Kind : int {
   kShflXor,
   kSts32,
   kLds32,
+  kLds16,
 };
 
 uint16_t load_u16(const unsigned char* p) {
@@ -344,6 +345,7 @@ void exec_smem(const WarpCall& call) {
 }
 
 constexpr char kSts16Name[] = "sts_16";
+constexpr char kLds16Name[] = "lds_16";
 constexpr char kSts32Name[] = "sts_32";
 constexpr char kLds32Name[] = "lds_32";
 constexpr char kSts128Name[] = "sts_128";
@@ -458,6 +460,12 @@ uint32_t ldg_32(const void* gmem, CallSite site) {
 void sts_16(void* smem, uint16_t v, CallSite site) {
   SmemLane<uint16_t> lane{smem, v};
   detail::warp_collective(kSts16, kSts16Name, &exec_smem<uint16_t, true, Op::kSts16, kSts16Name>, &lane, site);
+}
+
+uint16_t lds_16(const void* smem, CallSite site) {
+  SmemLane<uint16_t> lane{const_cast<void*>(smem), 0};
+  detail::warp_collective(kLds16, kLds16Name, &exec_smem<uint16_t, false, Op::kLds16, kLds16Name>, &lane, site);
+  return lane.v;
 }
 
 // 32-bit float accesses (the kernel epilogue's fp32 C tile): 4-byte aligned, bits moved unchanged.

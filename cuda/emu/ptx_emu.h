@@ -25,6 +25,7 @@ void cp_async_wait(int n);
 uint4 ldg_128(const void* gmem, CallSite site);
 uint32_t ldg_32(const void* gmem, CallSite site);
 void sts_16(void* smem, uint16_t v, CallSite site);
+uint16_t lds_16(const void* smem, CallSite site);
 void sts_32(void* smem, float v, CallSite site);
 void sts_128(void* smem, uint4 v, CallSite site);
 float lds_32(const void* smem, CallSite site);
@@ -108,6 +109,21 @@ inline uint4 ldg_128(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
 }
 inline uint32_t ldg_32(const void* gmem, FLASHLLM_EMU_SITE_ARGS) {
   return emu::ptx_impl::ldg_32(gmem, FLASHLLM_EMU_SITE);
+}
+// Two warp requests, as on the GPU (two ld.shared.u16 instructions).
+inline void lds_16x2(const uint16_t* base, int index, uint32_t& va, uint32_t& vb, FLASHLLM_EMU_SITE_ARGS) {
+  va = emu::ptx_impl::lds_16(base + index, FLASHLLM_EMU_SITE);
+  ::flashllm::emu::detail::CallSite second{site_file, site_line, site_col + 1};
+  vb = emu::ptx_impl::lds_16(base + index + 1, second);
+}
+// popc is a per-thread ALU instruction, not a collective: nothing to count or synchronize.
+inline int popc(uint32_t v) { return __builtin_popcount(v); }
+// __byte_perm (PRMT, default mode): byte i of the result = byte (sel >> 4i) & 7 of {b:a}.
+inline uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  const uint64_t bytes = uint64_t(a) | (uint64_t(b) << 32);
+  uint32_t out = 0;
+  for (int i = 0; i < 4; ++i) out |= uint32_t((bytes >> (8 * ((sel >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+  return out;
 }
 inline void sts_16(void* smem, uint16_t v, FLASHLLM_EMU_SITE_ARGS) {
   emu::ptx_impl::sts_16(smem, v, FLASHLLM_EMU_SITE);

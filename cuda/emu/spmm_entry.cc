@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernel/bitmap_launch.cuh"
 #include "../kernel/dispatch.cuh"
 #include "../kernel/launch_impl.cuh"
 #include "py_util.h"
@@ -25,6 +26,8 @@ namespace {
 template <class T>
 using Vec = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using Mat16 = nb::ndarray<const uint16_t, nb::ndim<2>, nb::c_contig, nb::device::cpu>;
+// The format's index: uint16 locations (Tiled-CSL), uint32 bitmap words (bitmap), empty (dense).
+using Index = nb::ndarray<nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 
 // Copy of a host array at a 256-byte boundary, like a CUDA / XLA device buffer, so that the
 // emulator's 32-byte sector counts do not depend on where numpy happened to allocate.
@@ -49,27 +52,40 @@ Dtype parse_dtype(const std::string& name) {
   throw std::invalid_argument("spmm: dtype must be 'float16' or 'bfloat16', got '" + name + "'");
 }
 
-nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_offsets, Mat16 x,
-               int m, int k, const std::string& dtype_name, int split_k, int config) {
+nb::tuple spmm(Vec<uint16_t> values, Index index, Vec<int32_t> tile_offsets, Mat16 x, int m, int k,
+               const std::string& dtype_name, int split_k, int config, int format) {
   const Dtype dtype = parse_dtype(dtype_name);
   if (m < 0 || k < 0) throw std::invalid_argument("spmm: m and k must be >= 0");
   if (split_k < 1) throw std::invalid_argument("spmm: split_k must be >= 1");
   if (config < -1 || config >= kNumConfigs) throw std::invalid_argument("spmm: unknown config");
-  if (values.shape(0) != locations.shape(0))
-    throw std::invalid_argument("spmm: values and locations differ in length");
   if (int64_t(x.shape(1)) != k) throw std::invalid_argument("spmm: x must have shape (N, k)");
+  const size_t nnz = values.shape(0), index_len = index.shape(0);
+  if (format == kFormatTiledCsl) {
+    if (index.dtype() != nb::dtype<uint16_t>() || index_len != nnz)
+      throw std::invalid_argument("spmm: Tiled-CSL locations must be uint16 of values' length");
+  } else if (format == kFormatBitmap) {
+    if (index.dtype() != nb::dtype<uint32_t>())
+      throw std::invalid_argument("spmm: the bitmap index must be uint32");
+  } else if (format != kFormatDense) {
+    throw std::invalid_argument("spmm: unknown format id " + std::to_string(format));
+  }
 
-  const size_t nnz = values.shape(0);
   const AlignedCopy<uint16_t> x_copy(x.data(), x.shape(0) * x.shape(1));
   const AlignedCopy<uint16_t> values_copy(values.data(), nnz);
-  const AlignedCopy<uint16_t> locations_copy(locations.data(), nnz);
+  const AlignedCopy<uint16_t> locations_copy(
+      static_cast<const uint16_t*>(index.data()), format == kFormatTiledCsl ? index_len : 0);
+  const AlignedCopy<uint32_t> bitmaps_copy(
+      static_cast<const uint32_t*>(index.data()), format == kFormatBitmap ? index_len : 0);
 
   SpmmParams p{};
+  p.format = format;
   p.x = x_copy.data();
   p.values = values_copy.data();
   p.locations = locations_copy.data();
+  p.bitmaps = bitmaps_copy.data();
   p.tile_offsets = tile_offsets.data();
-  p.nnz_padded = int64_t(values.shape(0));
+  p.nnz_padded = int64_t(nnz);
+  p.index_words = format == kFormatBitmap ? int64_t(index_len) : 0;
   p.n = int(x.shape(0));
   p.m = m;
   p.k = k;
@@ -101,7 +117,8 @@ nb::tuple spmm(Vec<uint16_t> values, Vec<uint16_t> locations, Vec<int32_t> tile_
     // Every counted global read must stay inside these exact arrays (the emulator checks).
     emu::GlobalRanges ranges;
     ranges.add(p.values, size_t(p.nnz_padded) * 2);
-    ranges.add(p.locations, size_t(p.nnz_padded) * 2);
+    if (format == kFormatTiledCsl) ranges.add(p.locations, size_t(p.nnz_padded) * 2);
+    if (format == kFormatBitmap) ranges.add(p.bitmaps, size_t(p.index_words) * 4);
     ranges.add(p.x, size_t(p.n) * size_t(k) * 2);
     if (!workspace.empty()) ranges.add(workspace.data(), workspace.size() * 4);
     err = launch_spmm(p, dtype, config, nullptr);
@@ -133,6 +150,22 @@ nb::list spmm_configs() {
   return out;
 }
 
+// Dynamic shared memory and __launch_bounds__ blocks per SM of the bitmap / dense kernels per config
+// (bitmap_traits.cuh), in the order of kConfigTable, so the ptxas test can check them.
+template <class T>
+nb::tuple bitmap_smem_row(const char* name) {
+  return nb::make_tuple(name, BitmapTraits<T, false>::kSmemBytes, BitmapTraits<T, true>::kSmemBytes,
+                        BitmapTraits<T, false>::kMinBlocksPerSm, BitmapTraits<T, true>::kMinBlocksPerSm);
+}
+nb::list spmm_bitmap_smem() {
+  nb::list out;
+  out.append(bitmap_smem_row<Traits256x16>(kConfigTable[0].name));
+  out.append(bitmap_smem_row<Traits256x32>(kConfigTable[1].name));
+  out.append(bitmap_smem_row<Traits128x64>(kConfigTable[2].name));
+  out.append(bitmap_smem_row<Traits128x128>(kConfigTable[3].name));
+  return out;
+}
+
 // flashllm/numeric.h's conversions over whole arrays, so tests can compare them bit for bit with numpy.
 nb::ndarray<nb::numpy, uint16_t> round_float32(Vec<float> src, const std::string& dtype_name) {
   const Dtype dtype = parse_dtype(dtype_name);
@@ -161,12 +194,15 @@ void emu_bind_spmm(nb::module_& m) {
         "flashllm/numeric.h from_float: (P,) float32 -> (P,) uint16 bits of dtype (round to nearest even).");
   m.def("widen_bits", &widen_bits, nb::arg("bits"), nb::arg("dtype"),
         "flashllm/numeric.h to_float: (P,) uint16 bits of dtype -> (P,) float32.");
-  m.def("spmm", &spmm, nb::arg("values"), nb::arg("locations"), nb::arg("tile_offsets"),
+  m.def("spmm", &spmm, nb::arg("values"), nb::arg("index"), nb::arg("tile_offsets"),
         nb::arg("x"), nb::arg("m"), nb::arg("k"), nb::arg("dtype"), nb::arg("split_k") = 1,
-        nb::arg("config") = -1,
+        nb::arg("config") = -1, nb::arg("format") = int(kFormatTiledCsl),
         "Runs the CUDA SpMM kernel's source under the host emulation: y (N, m) = x (N, k) @ W^T.\n"
-        "values/locations: (P,) uint16, tile_offsets: (T+1,) int32, x: (N, k) uint16 bits of dtype.\n"
+        "values: (P,) uint16; index: the format's (locations (P,) uint16 | bitmap words uint32 |\n"
+        "empty); tile_offsets: (T+1,) int32; x: (N, k) uint16 bits of dtype; format: format id.\n"
         "Returns (y (N, m) uint16 bits, stats dict: totals, 'ops' per instruction, 'config')).");
+  m.def("spmm_bitmap_smem", &spmm_bitmap_smem,
+        "Bitmap and dense kernels: [(config name, smem bitmap, smem dense, min blocks/SM bitmap, dense), ...].");
   m.def("spmm_workspace_words", &spmm_workspace_words, nb::arg("m"), nb::arg("n"), nb::arg("split_k"),
         "Float32 words of the split-K workspace (partials + arrival counters) for y (n, m).");
   m.def("spmm_configs", &spmm_configs,

@@ -1,8 +1,8 @@
-// XLA FFI handler "flashllm_spmm_cuda": unpack and check buffers, launch the SpMM kernel on XLA's
-// stream, report the launch's own errors. Command-buffer compatible: it only enqueues work (with
-// split-K, a memset of the arrival counters and the kernel) — no allocation (the split-K workspace
-// is a result sized by the primitive's shape rule), no synchronization, no host reads of device
-// data. What it guarantees: shapes, dtypes, sizes and pointer alignment are checked here; the
+// XLA FFI handler "flashllm_spmm_cuda": unpack and check buffers, launch the SpMM kernel of the
+// matrix's format (the `format` attribute) on XLA's stream, report the launch's own errors.
+// Command-buffer compatible: it only enqueues work (with split-K, a memset of the arrival counters
+// and the kernel) — no allocation (the split-K workspace is a result sized by the primitive's shape
+// rule), no synchronization, no host reads of device data. What it guarantees: shapes, dtypes, sizes and pointer alignment are checked here; the
 // arrays' contents cannot be (they stay on the device), and the kernel treats any malformed tile as
 // empty, so a corrupt matrix gives a wrong y, never a fault (docs/gpu.md).
 #include "ffi/cuda_handler.h"
@@ -27,17 +27,16 @@ ffi::Error invalid(const std::string& what) {
 }
 
 ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer values,
-                                ffi::AnyBuffer index,
-                                ffi::Buffer<ffi::S32> tile_offsets, ffi::Result<ffi::AnyBuffer> y,
+                                ffi::AnyBuffer index, ffi::Buffer<ffi::S32> tile_offsets,
+                                ffi::Result<ffi::AnyBuffer> y,
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
                                 int64_t split_k, int64_t format) {
   int64_t n = 0;
-  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n);
+      !why.empty())
     return invalid(why);
-  if (format != kFormatTiledCsl)
-    return invalid("format " + std::to_string(format) + " is not implemented by this CUDA kernel build");
-  const auto dtype = x.element_type();
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
+  const auto dtype = x.element_type();
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
   // the workspace the shape rule allocated matches it.
   if (split_k < 1 || split_k > 65535) return invalid("split_k must be in [1, 65535]");
@@ -58,7 +57,10 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
   SpmmParams p{};
   p.x = static_cast<const uint16_t*>(x.untyped_data());
   p.values = static_cast<const uint16_t*>(values.untyped_data());
-  p.locations = static_cast<const uint16_t*>(index.untyped_data());
+  p.format = int(format);
+  p.locations = format == kFormatTiledCsl ? static_cast<const uint16_t*>(index.untyped_data()) : nullptr;
+  p.bitmaps = format == kFormatBitmap ? static_cast<const uint32_t*>(index.untyped_data()) : nullptr;
+  p.index_words = format == kFormatBitmap ? int64_t(index.element_count()) : 0;
   p.tile_offsets = tile_offsets.typed_data();
   p.y = static_cast<uint16_t*>(y->untyped_data());
   if (split_k > 1) {
@@ -86,7 +88,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashllmSpmmCuda, flashllm::FlashllmSpmmCudaImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<ffi::AnyBuffer>()         // x (N, K)
                                   .Arg<ffi::AnyBuffer>()         // values (P,)
-                                  .Arg<ffi::AnyBuffer>()         // index (per format)
+                                  .Arg<ffi::AnyBuffer>()         // index: locations u16 (P,) | bitmap u32 (T * 260,) | dense (0,)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // tile_offsets (T + 1,)
                                   .Ret<ffi::AnyBuffer>()         // y (N, M)
                                   .Ret<ffi::AnyBuffer>()         // workspace (split_k * N * M_pad,) f32

@@ -1,7 +1,7 @@
 // The harness's per-format table: how a matrix of each format is laid out on the device, launched,
 // and generated at random on the device for the speed cases (so no large file travels with the
-// bundle). One entry per format id of format.h; the bitmap (v2) and dense (v3) kernels add theirs
-// here when they land, and the case list (cases.txt) names the format of every case.
+// bundle). One entry per format id of format.h (Tiled-CSL, bitmap, dense), and the case list
+// (cases.txt) names the format of every case.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -18,7 +18,7 @@ namespace flashllm {
 namespace harness {
 
 // One encoded matrix on the device. index: the format's index array (Tiled-CSL: uint16 locations,
-// one per value).
+// one per value; bitmap: kBitmapWordsPerTile uint32 words per tile; dense: none).
 struct DeviceMatrix {
   int format = kFormatTiledCsl;
   int m = 0, k = 0;
@@ -34,12 +34,15 @@ struct DeviceMatrix {
 inline std::string launch_matrix(const DeviceMatrix& w, const uint16_t* x, int n, uint16_t* y,
                                  float* workspace, int split_k, bool bf16, int config,
                                  cudaStream_t stream) {
-  if (w.format != kFormatTiledCsl)
+  if (w.format != kFormatTiledCsl && w.format != kFormatBitmap && w.format != kFormatDense)
     return "format " + std::to_string(w.format) + " has no kernel in this build";
   SpmmParams p{};
+  p.format = w.format;
   p.x = x;
   p.values = w.values;
-  p.locations = static_cast<const uint16_t*>(w.index);
+  p.locations = w.format == kFormatTiledCsl ? static_cast<const uint16_t*>(w.index) : nullptr;
+  p.bitmaps = w.format == kFormatBitmap ? static_cast<const uint32_t*>(w.index) : nullptr;
+  p.index_words = w.format == kFormatBitmap ? w.index_bytes / 4 : 0;
   p.tile_offsets = w.tile_offsets;
   p.y = y;
   p.nnz_padded = w.value_count;
@@ -93,6 +96,33 @@ __global__ void fill_tiled_csl(uint16_t* values, uint16_t* locations, int64_t ti
     locations[i] = uint16_t(swizzle(pos / kTileK, pos % kTileK));
     values[i] = random_value(uint64_t(i), seed ^ 0x5bd1e995u, bf16);
   }
+}
+
+// Bitmap with exactly `bits` set bits in every 8 x 8 block (a run of `bits` ones rotated by a hashed
+// amount: scattered over the block, same count everywhere, so every tile holds 128 * bits values and
+// tile t starts at t * 128 * bits). index: tiles * kBitmapWordsPerTile words (header: slab offsets).
+__global__ void fill_bitmap_index(uint32_t* index, int64_t tiles, int bits, uint32_t seed) {
+  const int64_t total = tiles * kBitmapWordsPerTile;
+  const uint64_t run = bits >= 64 ? ~0ull : (uint64_t(1) << bits) - 1;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / kBitmapWordsPerTile;
+    const int w = int(i % kBitmapWordsPerTile);
+    if (w < kBitmapHeaderWords) {
+      index[i] = w < kSlabsPerTile ? uint32_t(w * kBlocksPerSlab * bits) : 0u;
+      continue;
+    }
+    const int b = (w - kBitmapHeaderWords) / 2;
+    const int rot = int(mix32(uint64_t(t) * kBlocksPerTile + b + seed) & 63u);
+    const uint64_t word = rot == 0 ? run : (run << rot) | (run >> (64 - rot));
+    index[i] = (w - kBitmapHeaderWords) % 2 == 0 ? uint32_t(word) : uint32_t(word >> 32);
+  }
+}
+
+// Set bits per 8 x 8 block for a target sparsity (a multiple of 8 values per tile automatically).
+inline int bitmap_bits_per_block(double sparsity) {
+  const int bits = int((1.0 - sparsity) * kBlockElems + 0.5);
+  return bits < 1 ? 1 : (bits > kBlockElems ? kBlockElems : bits);
 }
 
 inline unsigned grid_for(int64_t count) {

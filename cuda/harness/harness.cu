@@ -171,14 +171,22 @@ void run_speed(Run& r, const Case& c, double case_seconds, Json& j) {
   j.num("m", c.m).num("k", c.k).num("n", c.n).num("sparsity", c.sparsity).num("split_k", c.split_k);
   const int m_tiles = (c.m + kTileM - 1) / kTileM, k_tiles = (c.k + kTileK - 1) / kTileK;
   const int64_t tiles = int64_t(m_tiles) * k_tiles;
-  const int per_tile = entries_per_tile(c.sparsity);
+  // Values per tile and index bytes by format: Tiled-CSL (value + location per entry), bitmap (the
+  // same count of bits in every block, 1040 index bytes per tile), dense (every element, no index).
+  const int bits = bitmap_bits_per_block(c.sparsity);
+  const int per_tile = c.format == kFormatBitmap ? kBlocksPerTile * bits
+                       : c.format == kFormatDense ? kTileElems
+                                                  : entries_per_tile(c.sparsity);
   const int64_t entries = tiles * per_tile;
   if (entries > (int64_t(1) << 31) - kTileElems) {
     j.str("error", "too many entries for int32 offsets");
     r.failed = true;
     return;
   }
-  const int64_t set_bytes = entries * 4;  // values + locations
+  const int64_t index_bytes = c.format == kFormatBitmap ? tiles * kBitmapWordsPerTile * 4
+                              : c.format == kFormatDense ? 0
+                                                         : entries * 2;
+  const int64_t set_bytes = entries * 2 + index_bytes;
   const int rot = r.timing.rotation(set_bytes);
   DeviceBuffers b;
   std::vector<int32_t> offsets(static_cast<size_t>(tiles + 1));
@@ -187,11 +195,22 @@ void run_speed(Run& r, const Case& c, double case_seconds, Json& j) {
   std::vector<DeviceMatrix> sets(static_cast<size_t>(rot));
   for (int s = 0; s < rot; ++s) {
     auto* values = b.alloc<uint16_t>(size_t(entries), 0);
-    auto* locs = b.alloc<uint16_t>(size_t(entries), 0);
-    fill_tiled_csl<<<grid_for(entries), 256>>>(values, locs, tiles, per_tile, 1234u + s, c.bf16);
+    void* index = nullptr;
+    if (c.format == kFormatBitmap) {
+      auto* words = b.alloc<uint32_t>(size_t(index_bytes / 4), 0);
+      fill_random<<<grid_for(entries), 256>>>(values, entries, 1234u + s, c.bf16);
+      fill_bitmap_index<<<grid_for(index_bytes / 4), 256>>>(words, tiles, bits, 4321u + s);
+      index = words;
+    } else if (c.format == kFormatDense) {
+      fill_random<<<grid_for(entries), 256>>>(values, entries, 1234u + s, c.bf16);
+    } else {
+      auto* locs = b.alloc<uint16_t>(size_t(entries), 0);
+      fill_tiled_csl<<<grid_for(entries), 256>>>(values, locs, tiles, per_tile, 1234u + s, c.bf16);
+      index = locs;
+    }
     DeviceMatrix& w = sets[size_t(s)];
-    w.format = c.format, w.m = c.m, w.k = c.k, w.value_count = entries, w.index_bytes = entries * 2;
-    w.values = values, w.index = locs, w.tile_offsets = d_offsets;
+    w.format = c.format, w.m = c.m, w.k = c.k, w.value_count = entries, w.index_bytes = index_bytes;
+    w.values = values, w.index = index, w.tile_offsets = d_offsets;
   }
   auto* x = b.alloc<uint16_t>(size_t(c.n) * c.k, 0);
   fill_random<<<grid_for(int64_t(c.n) * c.k), 256>>>(x, int64_t(c.n) * c.k, 77u, c.bf16);

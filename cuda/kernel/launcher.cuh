@@ -71,7 +71,11 @@ inline void finalize_params(SpmmParams& p) {
 template <class T, class Tag>
 std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream);
 
-// Launches y = x @ W^T. config: index into kConfigTable, or -1 to choose by N. p must be
+// The same for the bitmap (kDense = false) and dense (true) formats (bitmap_launch.cuh).
+template <class T, class Tag, bool kDense>
+std::string launch_spmm_bitmap_config(const SpmmParams& p, StreamHandle stream);
+
+// Launches y = x @ W^T in p.format. config: index into kConfigTable, or -1 to choose by N. p must be
 // finalized. Defined in dispatch.cuh (compiled once: launcher.cu, or the emulation entry).
 std::string launch_spmm(const SpmmParams& p, Dtype dtype, int config, StreamHandle stream);
 

@@ -125,6 +125,31 @@ __device__ __forceinline__ uint32_t ldg_32(const void* gmem) {
   return v;
 }
 
+// Two 16-bit shared loads of base[index] and base[index + 1] (zero-extended): the bitmap kernel's
+// decode reads a lane's values at its popcount offset in the staged packed values (no dense tile to
+// ldmatrix from). One 32-bit shared address for both: base's conversion is loop-invariant, the
+// second load uses the immediate offset.
+__device__ __forceinline__ void lds_16x2(const uint16_t* base, int index, uint32_t& va, uint32_t& vb) {
+  const uint32_t addr = smem_addr(base) + uint32_t(index) * 2u;
+  uint16_t a, b;
+  asm volatile("ld.shared.u16 %0, [%2];\n\tld.shared.u16 %1, [%2+2];\n" : "=h"(a), "=h"(b) : "r"(addr));
+  va = a;
+  vb = b;
+}
+
+// Population count (one POPC instruction): the bitmap decode's value offsets.
+__device__ __forceinline__ int popc(uint32_t v) { return __popc(v); }
+
+// Byte permute (one PRMT, default mode): result byte i = byte (sel >> 4i) & 7 of the 8 bytes {b:a}
+// (a = bytes 0-3). The bitmap decode packs (or zeroes) a lane's two 16-bit values with it. Inline
+// PTX rather than __byte_perm, which masks the selector first (callers pass selectors whose nibbles
+// have bit 3 clear, so the mask is an instruction for nothing).
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
 __device__ __forceinline__ void sts_16(void* smem, uint16_t v) {
   asm volatile("st.shared.u16 [%0], %1;\n" ::"r"(smem_addr(smem)), "h"(v));
 }

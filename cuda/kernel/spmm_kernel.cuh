@@ -133,6 +133,24 @@ __device__ __forceinline__ void load_x(const SpmmParams& p, uint16_t* xs, int n0
 // the A-fragment order (rows 0-7 / 8-15 x k 0-7 / 8-15); B = X^T comes from X's rows (one n per
 // row, k contiguous), which is already the "col" layout mma wants, so no .trans is needed.
 // m16 / n8 fragments that lie entirely past M / N are skipped (warp-uniform).
+// B fragments of k16 step kk for the warp's n8 tiles, two per ldmatrix.x4 (shared by every format).
+template <class T>
+__device__ __forceinline__ void load_b(uint32_t (&b)[T::kFragsN][2], const uint16_t* xs, int wn,
+                                       int kk, int lane, int n_rem) {
+  const int mi = lane / 8, r8 = lane % 8;
+#pragma unroll
+  for (int jj = 0; jj < T::kFragsN / 2; ++jj) {
+    if (jj * 16 >= n_rem) break;
+    uint32_t r[4];
+    const int row = wn * T::kWarpN + jj * 16 + (mi / 2) * 8 + r8;
+    ptx::ldmatrix_x4(r, xs + swz(row, kk * 2 + mi % 2));
+    b[2 * jj][0] = r[0];
+    b[2 * jj][1] = r[1];
+    b[2 * jj + 1][0] = r[2];
+    b[2 * jj + 1][1] = r[3];
+  }
+}
+
 template <class T, class Tag>
 __device__ __forceinline__ void mma_tile(float (&acc)[T::kFragsM][T::kFragsN][4],
                                          const uint16_t* ws, const uint16_t* xs, int wm, int wn,
@@ -141,17 +159,7 @@ __device__ __forceinline__ void mma_tile(float (&acc)[T::kFragsM][T::kFragsN][4]
 #pragma unroll
   for (int kk = 0; kk < T::kKSteps; ++kk) {
     uint32_t b[T::kFragsN][2];
-#pragma unroll
-    for (int jj = 0; jj < T::kFragsN / 2; ++jj) {
-      if (jj * 16 >= n_rem) break;
-      uint32_t r[4];
-      const int row = wn * T::kWarpN + jj * 16 + (mi / 2) * 8 + r8;
-      ptx::ldmatrix_x4(r, xs + swz(row, kk * 2 + mi % 2));
-      b[2 * jj][0] = r[0];
-      b[2 * jj][1] = r[1];
-      b[2 * jj + 1][0] = r[2];
-      b[2 * jj + 1][1] = r[3];
-    }
+    load_b<T>(b, xs, wn, kk, lane, n_rem);
 #pragma unroll
     for (int i = 0; i < T::kFragsM; ++i) {
       if (i * 16 >= m_rem) break;
@@ -165,6 +173,16 @@ __device__ __forceinline__ void mma_tile(float (&acc)[T::kFragsM][T::kFragsN][4]
       }
     }
   }
+}
+
+template <class T>
+__device__ __forceinline__ void zero_acc(float (&acc)[T::kFragsM][T::kFragsN][4]) {
+#pragma unroll
+  for (int i = 0; i < T::kFragsM; ++i)
+#pragma unroll
+    for (int j = 0; j < T::kFragsN; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 }
 
 // Accumulators -> padded fp32 C tile in shared memory -> coalesced rows of y (rounded to the
@@ -231,12 +249,7 @@ __global__ void __launch_bounds__(T::kThreads, T::kMinBlocksPerSm) spmm_kernel(c
   const int n_rem = p.n - n0 - wn * T::kWarpN;
 
   float acc[T::kFragsM][T::kFragsN][4];
-#pragma unroll
-  for (int i = 0; i < T::kFragsM; ++i)
-#pragma unroll
-    for (int j = 0; j < T::kFragsN; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
+  zero_acc<T>(acc);
 
   if (kt_begin < kt_end) {
     // Prologue: first tile straight into buffer 0.
