@@ -32,7 +32,9 @@ from jax_flashllm.nn import SparseLinear, set_submodule
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-SAVED_FORMAT = "jax_flashllm.opt/1"
+SAVED_FORMAT = "jax_flashllm.opt/2"
+# Version 1 files hold Tiled-CSL layers only, their index under the name "locations".
+_READABLE_FORMATS = ("jax_flashllm.opt/1", SAVED_FORMAT)
 # Show a progress bar by default only when reading takes long enough to be worth watching.
 _PROGRESS_BYTES = 256 << 20
 
@@ -221,8 +223,8 @@ def _carry_over(old: str, new: str) -> None:
 def save_model(model: OPTForCausalLM, path: str | os.PathLike, *, progress: bool | None = None) -> None:
     """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
 
-    Sparse layers are stored in their encoded form (values, locations, tile_offsets), so loading skips the
-    pruning and the encoding. Atomic: the checkpoint is written into a sibling temporary directory, then
+    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so
+    loading skips the pruning and the encoding. Atomic: the checkpoint is written into a sibling temporary directory, then
     swapped in (the old directory renamed aside, the new one renamed into place, the old one deleted; other
     files of the old directory, such as a tokenizer, are kept). A crash leaves one complete checkpoint, old
     or new, plus at most a stray ``.<name>.tmp-*`` / ``.<name>.old-*`` directory beside it. Files are 0644.
@@ -257,16 +259,26 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike, *, progress: bool
     logger.info("saved %s in %.1f s", directory, time.perf_counter() - started)
 
 
-_ENCODING = ("values", "locations", "tile_offsets")
+_ENCODING = ("values", "index", "tile_offsets")
 
 
 def _check_encoding(file: str, name: str, spec: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Validate one saved sparse layer's Tiled-CSL arrays on the host: the kernels trust them (the CUDA
-    handler cannot inspect device data), so a corrupt file must stop here, not read out of bounds."""
+    """Validate one saved sparse layer's arrays on the host: the kernels trust them (the CUDA handler
+    cannot inspect device data), so a corrupt file must stop here, not read out of bounds."""
+    fmt = spec.get("format", spec.get("version"))
     try:
-        SparseMatrix(*(arrays[n] for n in _ENCODING), tuple(spec["shape"]), version=spec["version"])
+        SparseMatrix(*(arrays[n] for n in _ENCODING), tuple(spec["shape"]), format=fmt)
     except ValueError as e:
-        raise CheckpointError(f"{file}: sparse layer {name} is not a valid Tiled-CSL matrix: {e}") from e
+        raise CheckpointError(f"{file}: sparse layer {name} is not a valid {fmt} matrix: {e}; the file is "
+                              "damaged: save the model again") from e
+
+
+def _saved_key(leaf: tuple, keys: set[str]) -> str:
+    """The file's name for a state leaf; a sparse index saved by version 1 is called "locations"."""
+    key = _key(leaf)
+    if key not in keys and leaf[-1] == "index" and _key(leaf[:-1] + ("locations",)) in keys:
+        return _key(leaf[:-1] + ("locations",))
+    return key
 
 
 def load_model(path: str | os.PathLike, *, progress: bool | None = None) -> OPTForCausalLM:
@@ -283,7 +295,7 @@ def load_model(path: str | os.PathLike, *, progress: bool | None = None) -> OPTF
     started = time.perf_counter()
     handle = _open(file)
     meta = handle.metadata() or {}
-    if meta.get("format") != SAVED_FORMAT:
+    if meta.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
     lacking = [k for k in ("dtype", "sparse_layers") if k not in meta]
@@ -309,7 +321,7 @@ def load_model(path: str | os.PathLike, *, progress: bool | None = None) -> OPTF
     nbytes = os.path.getsize(file)
     for leaf, var in _progress(len(flat), nbytes, progress, f"loading {os.path.basename(directory.rstrip('/'))}",
                                list(flat.items())):
-        key = _key(leaf)
+        key = _saved_key(leaf, keys)
         if key not in keys:
             raise CheckpointError(f"{file} lacks tensor {key!r}; config.json and the file disagree: save the "
                                   "model again")
