@@ -1,6 +1,7 @@
 // Python module jax_flashllm._flashllm_cpu: the CPU FFI target and the format constants as compiled.
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/vector.h>
 
 #include <vector>
@@ -24,7 +25,11 @@ NB_MODULE(_flashllm_cpu, m) {
     for (auto isa : flashllm::cpu::supported_isas()) names.push_back(flashllm::cpu::isa_name(isa));
     return names;
   });
+  // Every variant built, with why this CPU cannot run it ("" if it can): tests skip with the reason.
+  m.def("cpu_isas_built", [] { return flashllm::cpu::all_isas(); });
   m.def("set_cpu_isa", [](const std::string& name) { return flashllm::cpu::set_active_isa(name); });
+  // The format ids (flashllm/format.h) this build's CPU kernel takes, so Python can tell what it supports.
+  m.def("formats", [] { return flashllm::cpu::supported_formats(); });
   // Exposed so tests can check the Python encoder's mirror against what the kernels were built with.
   m.def("format_constants", [] {
     nb::dict d;
