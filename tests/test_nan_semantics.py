@@ -1,7 +1,7 @@
 """NaN / Inf in x: an output that reaches a NaN or an Inf through a stored nonzero entry of W is NaN, or
 non-finite (the IEEE result) for an Inf; every other output is unspecified (kernels that multiply whole dense
 tiles turn 0 x NaN into NaN). Checked on every CPU path: N = 1 and N >= 2, each instruction-set variant,
-tiles with no entry, and the CUDA kernel's source through the emulator (split-K included)."""
+tiles with no entry, every format the kernel reads, and the CUDA kernel's source through the emulator (split-K included)."""
 
 import jax
 import ml_dtypes
@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 
 import jax_flashllm as jf
-from jax_flashllm import _flashllm_cpu
 from jax_flashllm.testing import emulated_spmm
 
-ISAS = _flashllm_cpu.cpu_isas()
 M, K = 300, 200
-
-
-@pytest.fixture(params=ISAS)
-def isa(request):
-    before = _flashllm_cpu.cpu_isa()
-    assert _flashllm_cpu.set_cpu_isa(request.param)
-    yield request.param
-    _flashllm_cpu.set_cpu_isa(before)
 
 
 def _weight(dtype, seed=0):
@@ -57,12 +47,13 @@ def check(y, x, w):
     assert nan.any() and (inf & ~nan).any()  # the case is not vacuous
 
 
+@pytest.mark.parametrize("fmt", ["tiled_csl", "bitmap", "dense"])
 @pytest.mark.parametrize("n", [1, 2, 8, 33])
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16], ids=["bf16", "fp16"])
-def test_cpu_kernel(isa, n, dtype):
+def test_cpu_kernel(isa, n, dtype, fmt):
     w = _weight(dtype, seed=n)
     x = _poisoned_x(n, dtype, seed=n)
-    y = jax.jit(jf.sparse_dense)(x, jf.SparseMatrix.from_dense(w, format="tiled_csl"))
+    y = jax.jit(jf.sparse_dense)(x, jf.SparseMatrix.from_dense(w, format=fmt))
     check(y, x, w)
 
 
