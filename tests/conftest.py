@@ -22,3 +22,15 @@ def isa(request):
     assert _flashllm_cpu.set_cpu_isa(request.param)
     yield request.param
     _flashllm_cpu.set_cpu_isa(before)
+
+
+@pytest.fixture(params=["tiled_csl", "bitmap", "dense"])
+def kernel_format(request):
+    """Each storage format in turn, for tests that multiply through the kernel; skips, saying why, for a
+    format this build's kernels do not multiply."""
+    from jax_flashllm import formats
+
+    if request.param not in formats.kernel_formats():
+        pytest.skip(f"this build's kernels do not multiply the {request.param} format "
+                    f"(they take {formats.kernel_formats()})")
+    return request.param
