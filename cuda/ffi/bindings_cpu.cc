@@ -34,6 +34,10 @@ NB_MODULE(_flashllm_cpu, m) {
   m.def("format_constants", [] {
     nb::dict d;
     d["FORMAT_VERSION"] = flashllm::kFormatVersion;
+    d["FORMAT_TILED_CSL"] = flashllm::kFormatTiledCsl;
+    d["FORMAT_BITMAP"] = flashllm::kFormatBitmap;
+    d["FORMAT_DENSE"] = flashllm::kFormatDense;
+    d["BITMAP_WORDS_PER_TILE"] = flashllm::kBitmapWordsPerTile;
     d["TILE_M"] = flashllm::kTileM;
     d["TILE_K"] = flashllm::kTileK;
     d["NNZ_ALIGN"] = flashllm::kNnzAlign;

@@ -28,12 +28,10 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
                                 int64_t split_k, int64_t format) {
   int64_t n = 0;
-  if (std::string why = check_spmm_operands(x, values, tile_offsets, *y, m, k, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
     return invalid(why);
   if (format != kFormatTiledCsl)
     return invalid("format " + std::to_string(format) + " is not implemented by this CUDA kernel build");
-  if (index.element_type() != ffi::U16 || index.element_count() != values.element_count())
-    return invalid("a Tiled-CSL index (locations) must be uint16 with one entry per value");
   const auto dtype = x.element_type();
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
