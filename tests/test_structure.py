@@ -27,8 +27,10 @@ def _imports(path: str, name: str, modules: set[str]) -> set[str]:
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base]).strip(".")
-            found.add(base)
-            found.update(f"{base}.{a.name}" for a in node.names)
+            # `from pkg import submodule` depends on the submodule (a package's __init__ importing its own
+            # submodules is the normal pattern, not a cycle); `from module import name` on the module.
+            subs = {f"{base}.{a.name}" for a in node.names} & modules
+            found.update(subs if len(subs) == len(node.names) else subs | {base})
     return {m for m in found if m in modules and m != name}
 
 

@@ -224,8 +224,8 @@ def _carry_over(old: str, new: str) -> None:
 def save_model(model: OPTForCausalLM, path: str | os.PathLike, *, progress: bool | None = None) -> None:
     """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
 
-    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so loading skips the
-    pruning and the encoding. Atomic: the checkpoint is written into a sibling temporary directory, then
+    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so
+    loading skips the pruning and the encoding. Atomic: the checkpoint is written into a sibling temporary directory, then
     swapped in (the old directory renamed aside, the new one renamed into place, the old one deleted; other
     files of the old directory, such as a tokenizer, are kept). A crash leaves one complete checkpoint, old
     or new, plus at most a stray ``.<name>.tmp-*`` / ``.<name>.old-*`` directory beside it. Files are 0644.
