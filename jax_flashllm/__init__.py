@@ -7,6 +7,7 @@ from jax_flashllm.ops import sparse_dense
 # Layers, pruning, models and generation (the `generate` function shadows its module's attribute name;
 # `from jax_flashllm.generate import stream` still reaches the module).
 from jax_flashllm import models, nn, prune
+from jax_flashllm.eval import perplexity
 from jax_flashllm.generate import generate, stream
 from jax_flashllm.nn import SparseLinear, sparsify
 
@@ -19,6 +20,7 @@ __all__ = [
     "generate",
     "models",
     "nn",
+    "perplexity",
     "prune",
     "sparse_dense",
     "sparsify",
