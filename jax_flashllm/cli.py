@@ -104,7 +104,7 @@ def cmd_prune(args) -> int:
     max_tokens = model.config.max_position_embeddings
     tokens = min(args.calib_tokens or max_tokens, max_tokens)
     calib = calibration_windows(_read_ids(tokenizer, args.calib), args.calib_samples, tokens, args.seed)
-    sparsity = None if args.nm is not None and args.sparsity is None else (args.sparsity or 0.5)
+    sparsity = args.sparsity if args.sparsity is not None else None if args.nm is not None else 0.5
     report = prune_model(model, calib, sparsity, method=args.method, nm=args.nm, blocksize=args.blocksize,
                          damp=args.damp, dtype=args.dtype, batch_size=args.batch_size)
     print(report)

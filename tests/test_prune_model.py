@@ -79,3 +79,7 @@ def test_bad_arguments(calib):
         prune.prune_model(_model(), calib, 0.5, method="obs")
     with pytest.raises(ValueError, match="T <= 64"):
         prune.prune_model(_model(), np.zeros((1, 65), int), 0.5)
+    model = _model()
+    prune.prune_model(model, calib, 0.5, method="magnitude")
+    with pytest.raises(ValueError, match="already sparse"):
+        prune.prune_model(model, calib, 0.5)

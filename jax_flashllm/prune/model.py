@@ -155,6 +155,10 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
 
     reports = []
     modules = dict(nnx.iter_graph(model))
+    done = [".".join(map(str, p)) for p, m in modules.items()
+            if p[:1] == ("layers",) and isinstance(m, _nn.SparseLinear)]
+    if done:
+        raise ValueError(f"the model is already sparse ({done[0]} is a SparseLinear); prune its dense original")
     for i, layer in enumerate(progress(model.layers, desc=f"pruning ({method})", total=len(model.layers),
                                        unit="layer", show=show_progress)):
         stats, current = {}, [None]
