@@ -1,8 +1,8 @@
-"""Sparse layers for flax.nnx: ``SparseLinear`` (a drop-in for ``nnx.Linear`` holding a Tiled-CSL weight) and
+"""Sparse layers for flax.nnx: ``SparseLinear`` (a drop-in for ``nnx.Linear`` holding a SparseMatrix weight) and
 ``sparsify(model, sparsity)``, which prunes and swaps the Linear layers of any nnx model in place.
 
 The SparseMatrix arrays are nnx state: values are an ``nnx.Param`` (trainable, castable, shardable), the
-integer structure (locations, tile_offsets) a non-trainable ``SparseIndex`` variable, so nnx.split / jit /
+integer structure (index, tile_offsets) a non-trainable ``SparseIndex`` variable, so nnx.split / jit /
 nnx.state(model, nnx.Param) treat a sparsified model like any other.
 """
 
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_flashllm import formats as _formats
 from jax_flashllm import prune as _prune
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
@@ -26,7 +27,7 @@ __all__ = ["SparseIndex", "SparseLinear", "LayerReport", "SparsifyReport", "spar
 
 
 class SparseIndex(nnx.Variable):
-    """Integer structure of a sparse weight (locations, tile offsets): state, but never trained."""
+    """Integer structure of a sparse weight (index, tile offsets): state, but never trained."""
 
 
 class SparseLinear(nnx.Module):
@@ -38,18 +39,18 @@ class SparseLinear(nnx.Module):
 
     def __init__(self, weight: SparseMatrix, bias: jax.Array | None = None):
         self.values = nnx.Param(jnp.asarray(weight.values))
-        self.locations = SparseIndex(jnp.asarray(weight.locations))
+        self.index = SparseIndex(jnp.asarray(weight.index))
         self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
         self.out_features, self.in_features = weight.shape
-        self.format_version = weight.version
+        self.format = weight.format  # static: "tiled_csl" | "bitmap" | "dense"
 
     @property
     def weight(self) -> SparseMatrix:
         """The SparseMatrix view of the layer's state (no copy, no validation: safe under jit)."""
         values = self.values[...]
-        aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.format_version)
-        return SparseMatrix.tree_unflatten(aux, (values, self.locations[...], self.tile_offsets[...]))
+        aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.format)
+        return SparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
 
     @property
     def use_bias(self) -> bool:
@@ -65,10 +66,11 @@ class SparseLinear(nnx.Module):
 
     @classmethod
     def from_linear(cls, linear: nnx.Linear, sparsity: float, method: str = "magnitude",
-                    dtype=None, *, seed: int = 0) -> "SparseLinear":
+                    dtype=None, *, seed: int = 0, format: str = "auto") -> "SparseLinear":
         """Prune ``linear``'s kernel (in, out) to ``sparsity`` with ``method`` (see jax_flashllm.prune.METHODS)
         and encode W = kernel.T as a SparseMatrix of ``dtype`` (float16 | bfloat16; None: the kernel's own
-        dtype when it is one of those, else bfloat16). The bias is kept as is."""
+        dtype when it is one of those, else bfloat16) in ``format`` (see SparseMatrix.from_dense; "auto":
+        the fewest bytes). The bias is kept as is."""
         kernel = linear.kernel[...]
         if dtype is None:
             # A float16 model keeps float16 weights; a float32 one gets bfloat16 (same exponent range).
@@ -76,7 +78,7 @@ class SparseLinear(nnx.Module):
         w = np.asarray(jax.device_get(kernel)).T
         w = _prune.prune(w, sparsity, method, seed=seed)
         bias = None if linear.bias is None else linear.bias[...]
-        return cls(SparseMatrix.from_dense(w, dtype=dtype), bias)
+        return cls(SparseMatrix.from_dense(w, dtype=dtype, format=format), bias)
 
     def to_linear(self, dtype=None) -> nnx.Linear:
         """A dense nnx.Linear with the same weights (W.to_dense()): the pure-JAX reference path.
@@ -98,17 +100,20 @@ class SparseLinear(nnx.Module):
         return dict(shape=[self.out_features, self.in_features], dtype=jnp.dtype(self.values.dtype).name,
                     entries=int(self.values.shape[0]), tiles=int(self.tile_offsets.shape[0]) - 1,
                     bias_dtype=None if self.bias is None else jnp.dtype(self.bias.dtype).name,
-                    version=self.format_version)
+                    format=self.format)
 
     @classmethod
     def abstract(cls, spec: dict) -> "SparseLinear":
-        """A layer of the given ``spec()`` whose arrays are shapes only (to be filled from a checkpoint)."""
+        """A layer of the given ``spec()`` whose arrays are shapes only (to be filled from a checkpoint).
+        Specs saved before formats had names carry "version": 1, which is Tiled-CSL."""
         m, k = spec["shape"]
+        fmt = _formats.get(spec.get("format", spec.get("version")))
 
         def build():
             w = SparseMatrix.tree_unflatten(
-                ((m, k), spec["dtype"], spec["version"]),
-                (jnp.zeros(spec["entries"], spec["dtype"]), jnp.zeros(spec["entries"], jnp.uint16),
+                ((m, k), spec["dtype"], fmt.NAME),
+                (jnp.zeros(spec["entries"], spec["dtype"]),
+                 jnp.zeros(fmt.index_shape(spec["tiles"], spec["entries"]), fmt.INDEX_DTYPE),
                  jnp.zeros(spec["tiles"] + 1, jnp.int32)))
             bias = None if spec["bias_dtype"] is None else jnp.zeros(m, spec["bias_dtype"])
             return cls(w, bias)
@@ -190,7 +195,7 @@ def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module, modules: di
 
 
 def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", include: Selector = None,
-             exclude: Selector = None, dtype=None, seed: int = 0) -> SparsifyReport:
+             exclude: Selector = None, dtype=None, seed: int = 0, format: str = "auto") -> SparsifyReport:
     """Prune and replace ``nnx.Linear`` layers of ``model`` by SparseLinear layers, in place.
 
     include / exclude select layers by dotted path ("layers.0.self_attn.q_proj"): a regex searched in the
@@ -198,6 +203,7 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     LM head are not Linear layers and stay dense. method: "magnitude" | "magnitude_row" | "random" (layer i
     uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights; None: each Linear's own
     parameter dtype when it is float16 | bfloat16, else bfloat16 (so a float32 model gets bfloat16).
+    format: "tiled_csl" | "bitmap" | "dense" | "auto" (per layer, the fewest bytes; see SparseMatrix.from_dense).
     Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
     """
     take, drop = _matcher(include, True), _matcher(exclude, False)
@@ -206,7 +212,7 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
               if isinstance(m, nnx.Linear) and take(_path_name(path)) and not drop(_path_name(path))]
     reports = []
     for i, (path, linear) in enumerate(chosen):
-        sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i)
+        sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i, format=format)
         set_submodule(model, path, sparse, modules)
         w = sparse.weight
         reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),

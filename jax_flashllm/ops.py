@@ -1,4 +1,4 @@
-"""The public op: `sparse_dense(x, w, bias)` = x @ w.T (+ bias) with w a Tiled-CSL SparseMatrix."""
+"""The public op: `sparse_dense(x, w, bias)` = x @ w.T (+ bias) with w a SparseMatrix (any format)."""
 
 from __future__ import annotations
 
@@ -55,8 +55,8 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
     if n == 0:
         y = jnp.zeros((*lead, m), x.dtype)
     else:
-        y = spmm(x.reshape(n, k), w.values, w.locations, w.tile_offsets, m=m, k=k,
-                 split_k=choose_split_k(m, k, n))
+        y = spmm(x.reshape(n, k), w.values, w.index, w.tile_offsets, m=m, k=k,
+                 split_k=choose_split_k(m, k, n), format=w.format_id)
         y = y.reshape(*lead, m)
     if bias is not None:
         y = y + bias.astype(y.dtype)

@@ -1,4 +1,4 @@
-"""Tensor parallelism for Tiled-CSL weights on JAX's own SPMD machinery (Mesh, NamedSharding, shard_map).
+"""Tensor parallelism for SparseMatrix weights (any format) on JAX's own SPMD machinery (Mesh, NamedSharding, shard_map).
 
 A (M, K) weight is split over one mesh axis of S devices in one of two ways (Megatron-LM's pair):
 - column-parallel (``kind="column"``): along M (out_features). Each device holds a (M/S, K) block and
@@ -8,12 +8,13 @@ A (M, K) weight is split over one mesh axis of S devices in one of two ways (Meg
 A column-parallel layer followed by a row-parallel one (q/k/v -> out_proj, fc1 -> fc2) needs exactly one
 all-reduce per pair, and no device ever holds or gathers another device's weights.
 
-Every shard is re-encoded as an independent, valid Tiled-CSL matrix (its own tiles and tile_offsets). To stack
-the S encodings into one array with a leading shard axis, each is padded to the largest entry count with
-value-0 entries at *unused locations* of its tiles — the last tile first, then the one before it when the
-last is full. Padded entries are zero positions, never duplicates, and every tile count stays a multiple of
-NNZ_ALIGN, so ``validate()`` passes for every shard and the kernel reads the padding as ordinary zeros. Room
-always suffices: the shards have equal tile grids, so the largest shard fits in any shard's tiles.
+Every shard is an independent, valid matrix of w's format (its own tiles and tile_offsets). To stack the S
+encodings into one array with a leading shard axis, each is padded to the largest value count with zeros in
+its tiles — the last tile first, then the one before it when the last is full: Tiled-CSL entries at *unused
+locations* (zero positions, never duplicates), bitmap tile padding that no bit references. Every tile count
+stays a multiple of NNZ_ALIGN, so ``validate()`` passes for every shard and the kernels read the padding as
+zeros or not at all. Room always suffices: the shards have equal tile grids, so the largest shard fits in any
+shard's tiles.
 
 On top of that: ``ShardedSparseLinear`` (a SparseLinear holding a ShardedSparseMatrix), ``shard_linear`` (one
 nnx.Linear or SparseLinear made tensor-parallel; dense kernels are placed with NamedSharding and left to XLA's
@@ -30,6 +31,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_flashllm import _constants as C
+from jax_flashllm import formats as _formats
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.nn import SparseLinear
 from jax_flashllm.ops import check_inputs, sparse_dense
@@ -72,9 +74,9 @@ def split_sparse(w: SparseMatrix, num_shards: int, kind: str) -> list[SparseMatr
     if size % (C.TILE_M if kind == COLUMN else C.TILE_K) == 0:
         return _split_by_tiles(w, num_shards, kind)
     with jax.default_device(jax.devices("cpu")[0]):
-        rows, cols = (_host(a) for a in w.entry_coords())
+        rows, cols, valid = (_host(a) for a in w.entry_coords())
     values = _host(w.values)
-    real = (values.view(np.uint16) & 0x7FFF) != 0  # padding / explicit zeros go; NaN and Inf stay
+    real = valid & ((values.view(np.uint16) & 0x7FFF) != 0)  # padding / explicit zeros go; NaN and Inf stay
     rows, cols, values = rows[real], cols[real], values[real]
     split_coord = rows if kind == COLUMN else cols
     shard_of = split_coord // size
@@ -87,96 +89,72 @@ def split_sparse(w: SparseMatrix, num_shards: int, kind: str) -> list[SparseMatr
             block[rows[sel] - s * size, cols[sel]] = values[sel]
         else:
             block[rows[sel], cols[sel] - s * size] = values[sel]
-        shards.append(SparseMatrix.from_dense(block, dtype=w.dtype))
+        shards.append(SparseMatrix.from_dense(block, dtype=w.dtype, format=w.format))
     return shards
 
 
 def _split_by_tiles(w: SparseMatrix, num_shards: int, kind: str) -> list[SparseMatrix]:
-    """split_sparse for blocks made of whole tiles: a location is relative to its tile, so a block's
-    encoding is its tiles' entry ranges, gathered in the block's own row-major tile order."""
-    values, locations, offsets = (_host(a) for a in (w.values, w.locations, w.tile_offsets))
+    """split_sparse for blocks made of whole tiles: every format places values relative to their tile, so a
+    block's encoding is its tiles' value ranges (and index), gathered in the block's own row-major order."""
+    fmt = _formats.get(w.format)
+    values, index, offsets = (_host(a) for a in (w.values, w.index, w.tile_offsets))
     mt, kt = w.tiles
     grid = np.arange(mt * kt).reshape(mt, kt)
     m, k = w.shape
     shape = (m // num_shards, k) if kind == COLUMN else (m, k // num_shards)
-    shards = []
-    for tiles in np.split(grid, num_shards, axis=0 if kind == COLUMN else 1):
-        tiles = tiles.reshape(-1)
-        starts, counts = offsets[tiles].astype(np.int64), np.diff(offsets)[tiles].astype(np.int64)
-        block_offsets = np.zeros(tiles.size + 1, np.int32)
-        np.cumsum(counts, out=block_offsets[1:])
-        index = np.arange(block_offsets[-1]) + np.repeat(starts - block_offsets[:-1], counts)
-        shards.append(SparseMatrix._unchecked(values[index], locations[index], block_offsets, shape,
-                                              w.dtype, w.version))
-    return shards
+    return [SparseMatrix._unchecked(*_formats._base.select_tiles(fmt, values, index, offsets, tiles.reshape(-1)),
+                                    shape, w.dtype, w.format)
+            for tiles in np.split(grid, num_shards, axis=0 if kind == COLUMN else 1)]
 
 
 def pad_entries(w: SparseMatrix, entries: int) -> SparseMatrix:
-    """The same matrix stored with exactly ``entries`` entries (a multiple of NNZ_ALIGN, >= w's count).
+    """The same matrix stored with exactly ``entries`` values (a multiple of NNZ_ALIGN, >= w's count).
 
-    The extra entries are value 0 at locations unused in their tile (zero positions), given to the last
-    tile until it is full, then to the tile before it, and so on; the result passes ``validate()``.
+    The extra values are zeros given to the last tile until it is full, then to the tile before it, and so
+    on: for Tiled-CSL at locations unused in their tile (zero positions), for the bitmap format as tile
+    padding no bit references (the dense format is never padded: equal grids store equal counts). The
+    result passes ``validate()``.
     """
-    values, locations, offsets = (_host(a) for a in (w.values, w.locations, w.tile_offsets))
-    extra = entries - values.shape[0]
-    capacity = w.num_tiles * C.TILE_ELEMS - values.shape[0]
-    if extra < 0 or extra % C.NNZ_ALIGN or extra > capacity:
-        raise ValueError(f"cannot pad {values.shape[0]} entries to {entries}: need a multiple of "
-                         f"{C.NNZ_ALIGN} between them and the {w.num_tiles * C.TILE_ELEMS} positions of "
-                         f"{w.num_tiles} tiles")
-    if extra == 0:
-        return SparseMatrix._unchecked(values, locations, offsets, w.shape, w.dtype, w.version)
-    counts = np.diff(offsets.astype(np.int64))
-    room = (C.TILE_ELEMS - counts)[::-1]  # last tile first; every room is a multiple of NNZ_ALIGN
-    before = np.cumsum(room) - room
-    add = np.clip(extra - before, 0, room)[::-1]
-    tiles = np.flatnonzero(add)
-    new_locations = []
-    for t in tiles:
-        used = np.zeros(C.TILE_ELEMS, np.bool_)
-        used[locations[offsets[t]:offsets[t + 1]]] = True
-        new_locations.append(np.flatnonzero(~used)[: add[t]].astype(np.uint16))
-    # Insert each tile's padding at the end of its segment (np.insert keeps equal indices in order).
-    at = np.repeat(offsets[tiles + 1], add[tiles])
-    values = np.insert(values, at, np.zeros(extra, values.dtype))
-    locations = np.insert(locations, at, np.concatenate(new_locations))
-    offsets = np.zeros_like(offsets)
-    np.cumsum(counts + add, out=offsets[1:])
-    return SparseMatrix._unchecked(values, locations, offsets, w.shape, w.dtype, w.version)
+    values, index, offsets = (_host(a) for a in (w.values, w.index, w.tile_offsets))
+    bits, index, offsets = _formats.get(w.format).pad(values.view(np.uint16), index, offsets,
+                                                      entries - values.shape[0])
+    return SparseMatrix._unchecked(bits.view(values.dtype), index, offsets, w.shape, w.dtype, w.format)
 
 
 # --- the sharded matrix ----------------------------------------------------------------------------------
 @jax.tree_util.register_pytree_node_class
 class ShardedSparseMatrix:
-    """A (M, K) Tiled-CSL weight split over mesh axis ``axis`` into S equal, independently encoded shards.
+    """A (M, K) SparseMatrix split over mesh axis ``axis`` into S equal, independently encoded shards, each
+    a valid matrix of the same format.
 
     Leaves (each sharded along its leading axis over ``axis``, so device s holds row s only):
-      values:       (S, P) float16 | bfloat16 — shard s's entries, padded to the common count P.
-      locations:    (S, P) uint16.
+      values:       (S, P) float16 | bfloat16 — shard s's values, padded to the common count P.
+      index:        (S, I) — shard s's index (tiled_csl (S, P) uint16; bitmap (S, T_s * 260) uint32;
+                    dense (S, 0) uint32).
       tile_offsets: (S, T_s + 1) int32 — T_s tiles of one (M/S, K) or (M, K/S) shard.
-    Static: shape (M, K) of the whole matrix, dtype, format version, kind ("column" | "row"), mesh, axis.
+    Static: shape (M, K) of the whole matrix, dtype, format, kind ("column" | "row"), mesh, axis.
     Build with ``shard_sparse``; multiply with ``jax_flashllm.sparse_dense`` (jit, via shard_map).
     """
 
-    __slots__ = ("values", "locations", "tile_offsets", "shape", "dtype", "version", "kind", "mesh", "axis")
+    __slots__ = ("values", "index", "tile_offsets", "shape", "dtype", "format", "kind", "mesh", "axis")
 
-    def __init__(self, values, locations, tile_offsets, shape, dtype, kind: str, mesh: Mesh, axis: str,
-                 version: int = C.FORMAT_VERSION):
-        self.values, self.locations, self.tile_offsets = values, locations, tile_offsets
+    def __init__(self, values, index, tile_offsets, shape, dtype, kind: str, mesh: Mesh, axis: str,
+                 format: str | int = "tiled_csl"):
+        self.values, self.index, self.tile_offsets = values, index, tile_offsets
         self.shape = (int(shape[0]), int(shape[1]))
         self.dtype = np.dtype(dtype)
-        self.version = int(version)
+        self.format = _formats.get(format).NAME
         self.kind = _check_kind(kind)
         self.mesh, self.axis = mesh, axis
 
     def tree_flatten(self):
-        aux = (self.shape, self.dtype.name, self.kind, self.mesh, self.axis, self.version)
-        return (self.values, self.locations, self.tile_offsets), aux
+        aux = (self.shape, self.dtype.name, self.kind, self.mesh, self.axis, self.format)
+        return (self.values, self.index, self.tile_offsets), aux
 
     @classmethod
     def tree_unflatten(cls, aux, children):
-        shape, dtype, kind, mesh, axis, version = aux
-        return cls(*children, shape, dtype, kind, mesh, axis, version)
+        shape, dtype, kind, mesh, axis, format = aux
+        return cls(*children, shape, dtype, kind, mesh, axis, format)
 
     @property
     def num_shards(self) -> int:
@@ -189,22 +167,22 @@ class ShardedSparseMatrix:
         s = self.num_shards
         return (m // s, k) if self.kind == COLUMN else (m, k // s)
 
-    def local(self, values, locations, tile_offsets) -> SparseMatrix:
-        """One shard's SparseMatrix from its (1, P) / (1, T_s + 1) blocks (used inside shard_map)."""
-        return SparseMatrix._unchecked(values[0], locations[0], tile_offsets[0], self.shard_shape,
-                                       self.dtype, self.version)
+    def local(self, values, index, tile_offsets) -> SparseMatrix:
+        """One shard's SparseMatrix from its (1, P) / (1, I) / (1, T_s + 1) blocks (used inside shard_map)."""
+        return SparseMatrix._unchecked(values[0], index[0], tile_offsets[0], self.shard_shape,
+                                       self.dtype, self.format)
 
     def shard(self, s: int) -> SparseMatrix:
         """Shard s as a standalone SparseMatrix (fetched to the host)."""
-        return self.local(*(_host(a)[s:s + 1] for a in (self.values, self.locations, self.tile_offsets)))
+        return self.local(*(_host(a)[s:s + 1] for a in (self.values, self.index, self.tile_offsets)))
 
     def _shards(self) -> list[SparseMatrix]:
         """Every shard as a standalone SparseMatrix, each of the three arrays fetched to the host once."""
-        values, locations, offsets = (_host(a) for a in (self.values, self.locations, self.tile_offsets))
-        return [self.local(values[s:s + 1], locations[s:s + 1], offsets[s:s + 1]) for s in range(self.num_shards)]
+        values, index, offsets = (_host(a) for a in (self.values, self.index, self.tile_offsets))
+        return [self.local(values[s:s + 1], index[s:s + 1], offsets[s:s + 1]) for s in range(self.num_shards)]
 
     def validate(self) -> "ShardedSparseMatrix":
-        """Check every shard is a valid Tiled-CSL matrix; returns self."""
+        """Check every shard is a valid matrix of the format; returns self."""
         for s, shard in enumerate(self._shards()):
             try:
                 shard.validate()
@@ -220,7 +198,7 @@ class ShardedSparseMatrix:
     @property
     def nbytes(self) -> int:
         """Bytes of all shards together, padding included."""
-        return int(sum(a.size * a.dtype.itemsize for a in (self.values, self.locations, self.tile_offsets)))
+        return int(sum(a.size * a.dtype.itemsize for a in (self.values, self.index, self.tile_offsets)))
 
     @property
     def nbytes_per_device(self) -> int:
@@ -232,11 +210,12 @@ class ShardedSparseMatrix:
                 f"axis={self.axis!r}, shards={self.num_shards}, entries_per_shard={self.values.shape[-1]})")
 
 
-def shard_sparse(w, mesh: Mesh, axis: str = "tp", kind: str = COLUMN, *, dtype=None) -> ShardedSparseMatrix:
+def shard_sparse(w, mesh: Mesh, axis: str = "tp", kind: str = COLUMN, *, dtype=None,
+                 format: str = "auto") -> ShardedSparseMatrix:
     """Split w over mesh axis ``axis`` and place shard s on the devices at position s of that axis.
 
     w: SparseMatrix (M, K), or a dense (M, K) array whose zeros are the pruned positions (encoded in
-    ``dtype``, see SparseMatrix.from_dense). kind "column" splits M, "row" splits K; the split dimension
+    ``dtype`` and ``format``, see SparseMatrix.from_dense). kind "column" splits M, "row" splits K; the split dimension
     must be a multiple of the axis size. Other mesh axes hold replicas.
     """
     _check_kind(kind)
@@ -245,14 +224,14 @@ def shard_sparse(w, mesh: Mesh, axis: str = "tp", kind: str = COLUMN, *, dtype=N
     if isinstance(w, ShardedSparseMatrix):
         raise TypeError("shard_sparse: the weight is already sharded; shard the SparseMatrix it came from")
     if not isinstance(w, SparseMatrix):
-        w = SparseMatrix.from_dense(w, dtype=dtype)
+        w = SparseMatrix.from_dense(w, dtype=dtype, format=format)
     shards = split_sparse(w, mesh.shape[axis], kind)
     entries = max(s.values.shape[0] for s in shards)
     shards = [pad_entries(s, entries) for s in shards]
     placement = NamedSharding(mesh, P(axis))
-    values, locations, offsets = (jax.device_put(np.stack([_host(getattr(s, name)) for s in shards]), placement)
-                                  for name in ("values", "locations", "tile_offsets"))
-    return ShardedSparseMatrix(values, locations, offsets, w.shape, w.dtype, kind, mesh, axis, w.version)
+    values, index, offsets = (jax.device_put(np.stack([_host(getattr(s, name)) for s in shards]), placement)
+                              for name in ("values", "index", "tile_offsets"))
+    return ShardedSparseMatrix(values, index, offsets, w.shape, w.dtype, kind, mesh, axis, w.format)
 
 
 def _is_explicit(mesh: Mesh, axis: str) -> bool:
@@ -276,7 +255,7 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
     else:
         x_spec, y_spec, b_spec = P(*lead, w.axis), P(*lead, None), P(None)
     w_spec = P(w.axis)
-    args = [x, w.values, w.locations, w.tile_offsets]
+    args = [x, w.values, w.index, w.tile_offsets]
     specs = [x_spec, w_spec, w_spec, w_spec]
     if bias is not None:
         args.append(bias)
@@ -287,8 +266,8 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
         # activations (never the weights, which shard_sparse placed on P(axis) already).
         args = [jax.reshard(a, NamedSharding(w.mesh, spec)) for a, spec in zip(args, specs)]
 
-    def per_device(x, values, locations, tile_offsets, *b):
-        y = sparse_dense(x, w.local(values, locations, tile_offsets))
+    def per_device(x, values, index, tile_offsets, *b):
+        y = sparse_dense(x, w.local(values, index, tile_offsets))
         if w.kind == ROW:
             y = jax.lax.psum(y.astype(jnp.float32), w.axis).astype(x.dtype)
         return y + b[0].astype(y.dtype) if b else y
@@ -301,7 +280,7 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
 # --- layers and models -----------------------------------------------------------------------------------
 class ShardedSparseLinear(SparseLinear):
     """A SparseLinear whose weight is a ShardedSparseMatrix: same call, same state names (values,
-    locations, tile_offsets, bias), arrays with a leading shard axis placed over the mesh axis."""
+    index, tile_offsets, bias), arrays with a leading shard axis placed over the mesh axis."""
 
     def __init__(self, weight: ShardedSparseMatrix, bias: jax.Array | None = None):
         super().__init__(weight, bias)  # jnp.asarray keeps the arrays' placement on the mesh
@@ -311,8 +290,8 @@ class ShardedSparseLinear(SparseLinear):
     def weight(self) -> ShardedSparseMatrix:
         values = self.values[...]
         aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.kind, self.mesh,
-               self.axis, self.format_version)
-        return ShardedSparseMatrix.tree_unflatten(aux, (values, self.locations[...], self.tile_offsets[...]))
+               self.axis, self.format)
+        return ShardedSparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
 
     def spec(self) -> dict:
         """Not saveable: the arrays hold S padded encodings that SparseLinear.abstract cannot describe."""

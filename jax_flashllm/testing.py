@@ -31,7 +31,7 @@ def _config_arg(config) -> int:
     return int(config)
 
 
-def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None):
+def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, config=None, validate: bool = True):
     """Like `emulated_spmm`, also returning the emulator's memory statistics.
 
     Returns (y, stats): y (N, M) numpy in w.dtype; stats a dict with smem_wavefronts,
@@ -40,6 +40,12 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
     """
     from jax_flashllm import _flashllm_emu  # built with the package; imported lazily
 
+    if w.format != "tiled_csl":
+        raise NotImplementedError(f"emulated_spmm: the emulated CUDA kernel reads only the tiled_csl format "
+                                  f"so far, got a {w.format}-format matrix (the bitmap CUDA kernel is "
+                                  "issue #10); encode with format='tiled_csl'")
+    if validate:
+        w.validate()  # the emulated kernel, like the real one, trusts its buffers
     dtype = _DTYPES.get(np.dtype(w.dtype).name)
     if dtype is None:
         raise TypeError(f"emulated_spmm: unsupported matrix dtype {w.dtype}")
@@ -52,20 +58,22 @@ def emulated_spmm_stats(w: SparseMatrix, x, *, split_k: int | None = None, confi
         split_k = _tiling.choose_split_k(m, k, n, EMULATED_NUM_SMS)
     x_bits = np.ascontiguousarray(x.astype(dtype)).view(np.uint16)
     values = np.ascontiguousarray(np.asarray(w.values).astype(dtype)).view(np.uint16)
-    locations = np.ascontiguousarray(np.asarray(w.locations), dtype=np.uint16)
+    locations = np.ascontiguousarray(np.asarray(w.index), dtype=np.uint16)
     offsets = np.ascontiguousarray(np.asarray(w.tile_offsets), dtype=np.int32)
     y_bits, stats = _flashllm_emu.spmm(values, locations, offsets, x_bits, m, k, dtype.name,
                                        int(split_k), _config_arg(config))
     return np.asarray(y_bits).view(dtype), dict(stats)
 
 
-def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None) -> np.ndarray:
+def emulated_spmm(w: SparseMatrix, x, *, split_k: int | None = None, config=None,
+                  validate: bool = True) -> np.ndarray:
     """y = x @ w.to_dense().T computed by the CUDA kernel's source under host emulation.
 
     w: SparseMatrix (M, K) float16 | bfloat16. x: (N, K) array-like, cast to w's dtype.
     split_k: K slices (fp32 partials + reduce kernel); None: what the GPU dispatcher would choose
     for a GPU with EMULATED_NUM_SMS SMs. config: None (chosen by N, as on the GPU), a name from
     jax_flashllm._tiling.CONFIGS (e.g. "256x16") or its index, to force a block tile.
+    validate: check w first (False: hand the raw buffers over, to test the kernel's own guards).
     Returns y: (N, M) numpy array in w.dtype (fp32 accumulation, one rounding).
     """
-    return emulated_spmm_stats(w, x, split_k=split_k, config=config)[0]
+    return emulated_spmm_stats(w, x, split_k=split_k, config=config, validate=validate)[0]

@@ -122,7 +122,7 @@ def validate_and_to_dense_fetch_each_array_once():
         sharding._host = host
     offsets = np.asarray(sw.tile_offsets).copy()
     offsets[2, 1] += 8  # shard 2's first tile overlaps its second
-    bad = ShardedSparseMatrix(sw.values, sw.locations, offsets, sw.shape, sw.dtype, sw.kind, sw.mesh, sw.axis)
+    bad = ShardedSparseMatrix(sw.values, sw.index, offsets, sw.shape, sw.dtype, sw.kind, sw.mesh, sw.axis)
     try:
         bad.validate()
     except ValueError as e:

@@ -181,12 +181,12 @@ def _overlap_tiles(offsets):
 
 
 @pytest.mark.parametrize("leaf,edit,message", [
-    ("locations", _duplicate_first_location, "repeated within tile 0"),
+    ("index", _duplicate_first_location, "repeated within tile 0"),
     ("tile_offsets", _overlap_tiles, "tile_offsets"),
 ])
 def test_load_model_validates_sparse_layers(tmp_path, leaf, edit, message):
     model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
-    sparsify(model, 0.5, include="fc1")
+    sparsify(model, 0.5, include="fc1", format="tiled_csl")
     save_model(model, tmp_path / "m")
     _tamper(tmp_path / "m", f"layers.1.fc1.{leaf}", edit)
     with pytest.raises(CheckpointError, match=f"layers.1.fc1.*{message}"):

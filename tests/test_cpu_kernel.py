@@ -67,7 +67,7 @@ def _shuffled_within_tiles(s: jf.SparseMatrix, rng) -> jf.SparseMatrix:
 def test_entry_order_inside_a_tile_does_not_matter(isa, n):
     rng = np.random.default_rng(100 + n)
     w = random_sparse(rng, (256, 192), 0.6, DTYPES[1])
-    s = _shuffled_within_tiles(jf.SparseMatrix.from_dense(w), rng)
+    s = _shuffled_within_tiles(jf.SparseMatrix.from_dense(w, format="tiled_csl"), rng)
     x = rng.standard_normal((n, 192)).astype(DTYPES[1])
     assert_close_to_reference(_run(x, s), x, w)
 
@@ -127,6 +127,6 @@ def test_dense_tile_path_across_the_switch(isa, dtype, sparsity, n):
 def test_dense_tile_path_with_unsorted_entries(isa, dtype, n):
     rng = np.random.default_rng(400 + n)
     w = random_sparse(rng, (256, 192), 0.3, dtype)
-    s = _shuffled_within_tiles(jf.SparseMatrix.from_dense(w), rng)
+    s = _shuffled_within_tiles(jf.SparseMatrix.from_dense(w, format="tiled_csl"), rng)
     x = rng.standard_normal((n, 192)).astype(dtype)
     assert_close_to_reference(_run(x, s), x, w)

@@ -568,7 +568,7 @@ def test_kernel_result_does_not_depend_on_schedule():
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((256, 192)) * (rng.random((256, 192)) < 0.3)).astype(np.float16)
     x = rng.standard_normal((40, 192)).astype(np.float16)
-    sw = SparseMatrix.from_dense(w)
+    sw = SparseMatrix.from_dense(w, format="tiled_csl")
     old = emu.schedule()
     try:
         ys = []

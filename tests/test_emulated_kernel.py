@@ -40,7 +40,7 @@ def _case(seed, m, k, n, sparsity, dtype):
     """(w SparseMatrix, x (n, k), w_dense (m, k)) in dtype."""
     rng = np.random.default_rng(seed)
     dense = random_sparse(rng, (m, k), sparsity).astype(dtype)
-    w = SparseMatrix.from_dense(dense, dtype=dtype)
+    w = SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl")
     x = rng.standard_normal((n, k)).astype(dtype)
     return w, x, dense
 
@@ -91,7 +91,7 @@ def _mixed_density_matrix(rng, dtype):
             w[mt * 128:(mt + 1) * 128, kt * 64:(kt + 1) * 64] = blk
     w[128 + 77, 64 + 5] = 3.0  # an otherwise empty tile with one entry
     dense = w.astype(dtype)
-    return SparseMatrix.from_dense(dense, dtype=dtype), dense
+    return SparseMatrix.from_dense(dense, dtype=dtype, format="tiled_csl"), dense
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
@@ -106,14 +106,14 @@ def test_empty_and_fully_dense_tiles(config, dtype):
         _check(emulated_spmm(w, x, split_k=split_k, config=config), x, w, wd)
     # Cropped to an unaligned shape: partial tiles at both edges.
     wd2 = np.ascontiguousarray(wd[:301, :250])
-    w2 = SparseMatrix.from_dense(wd2, dtype=dtype)
+    w2 = SparseMatrix.from_dense(wd2, dtype=dtype, format="tiled_csl")
     x2 = rng.standard_normal((7, 250)).astype(dtype)
     _check(emulated_spmm(w2, x2, split_k=1, config=config), x2, w2, wd2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 def test_all_zero_matrix(dtype):
-    w = SparseMatrix.from_dense(np.zeros((130, 70), np.float32), dtype=dtype)
+    w = SparseMatrix.from_dense(np.zeros((130, 70), np.float32), dtype=dtype, format="tiled_csl")
     assert w.values.shape[0] == 0
     x = np.ones((4, 70), dtype)
     for split_k in (1, 2):
@@ -201,7 +201,7 @@ def test_dense_paths_conflict_free(config):
     # ldmatrix of W and X, the epilogue's C tile) must have no bank conflicts, and the X loads no
     # wasted sectors.
     cfg = next(c for c in _tiling.CONFIGS if c.name == config)
-    w = SparseMatrix.from_dense(np.zeros((256, 256), np.float32), dtype=DTYPES[0])
+    w = SparseMatrix.from_dense(np.zeros((256, 256), np.float32), dtype=DTYPES[0], format="tiled_csl")
     x = np.ones((cfg.block_n, 256), DTYPES[0])
     _, stats = emulated_spmm_stats(w, x, split_k=1, config=config)
     assert stats["smem_requests"] > 0 and "sts_16" not in stats["ops"]

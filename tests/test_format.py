@@ -59,7 +59,7 @@ def test_roundtrip_random(shape, sparsity):
 def test_layout_follows_the_format():
     rng = np.random.default_rng(1)
     w = random_sparse(rng, (300, 200), 0.7, np.float16)
-    s = SparseMatrix.from_dense(w)
+    s = SparseMatrix.from_dense(w, format="tiled_csl")
     mt, kt = s.tiles
     assert (mt, kt) == (3, 4)
     counts = np.diff(s.tile_offsets)
@@ -113,7 +113,8 @@ def test_pytree_through_jit_and_device_put():
 
 # --- validation -------------------------------------------------------------------------------------
 def _arrays():
-    s = SparseMatrix.from_dense(random_sparse(np.random.default_rng(3), (300, 200), 0.6, np.float16))
+    s = SparseMatrix.from_dense(random_sparse(np.random.default_rng(3), (300, 200), 0.6, np.float16),
+                                format="tiled_csl")
     return np.array(s.values), np.array(s.locations), np.array(s.tile_offsets), s.shape
 
 
@@ -204,7 +205,8 @@ def test_truncated_or_corrupt_file_is_a_clear_error(tmp_path, suffix):
 
 def test_load_rejects_tampered_contents(tmp_path):
     from safetensors.numpy import load_file, save_file
-    s = SparseMatrix.from_dense(random_sparse(np.random.default_rng(6), (200, 200), 0.5, np.float16))
+    s = SparseMatrix.from_dense(random_sparse(np.random.default_rng(6), (200, 200), 0.5, np.float16),
+                                format="tiled_csl")
     path = tmp_path / "w.safetensors"
     s.save(path)
     tensors = load_file(path)

@@ -54,7 +54,7 @@ def test_state_types_and_jit_through_split():
     layer = SparseLinear.from_linear(_linear(), 0.5)
     params = nnx.state(layer, nnx.Param)
     assert set(params.keys()) == {"values", "bias"}
-    assert set(nnx.state(layer, SparseIndex).keys()) == {"locations", "tile_offsets"}
+    assert set(nnx.state(layer, SparseIndex).keys()) == {"index", "tile_offsets"}
     graphdef, state = nnx.split(layer)
     x = jnp.ones((4, 64))
     y = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
@@ -116,8 +116,8 @@ def test_sparsify_random_is_seeded():
     a, b = _model(), _model()
     sparsify(a, 0.9, method="random", seed=7)
     sparsify(b, 0.9, method="random", seed=7)
-    np.testing.assert_array_equal(np.asarray(a.layers[0].fc1.locations[...]),
-                                  np.asarray(b.layers[0].fc1.locations[...]))
+    np.testing.assert_array_equal(np.asarray(a.layers[0].fc1.index[...]),
+                                  np.asarray(b.layers[0].fc1.index[...]))
 
 
 def test_densify_gives_the_same_function():

@@ -50,7 +50,7 @@ def test_split_along_tile_boundaries_copies_the_tiles(kind, shards):
         block.validate()
         fresh = SparseMatrix.from_dense(ref)
         np.testing.assert_array_equal(block.values.view(np.uint16), fresh.values.view(np.uint16))
-        np.testing.assert_array_equal(block.locations, fresh.locations)
+        np.testing.assert_array_equal(block.index, fresh.index)
         np.testing.assert_array_equal(block.tile_offsets, fresh.tile_offsets)
 
 

@@ -17,7 +17,7 @@ def case(request):
     rng = np.random.default_rng(0)
     w = random_sparse(rng, (M, K), 0.75, dtype)
     x = rng.standard_normal((6, K)).astype(dtype)
-    return w, jf.SparseMatrix.from_dense(w), x
+    return w, jf.SparseMatrix.from_dense(w, format="tiled_csl"), x
 
 
 def test_jit_equals_eager(case):
@@ -61,7 +61,7 @@ def test_grad_wrt_values_is_the_sampled_product(case):
     w, s, x = case
     gy = np.random.default_rng(1).standard_normal((6, M)).astype(np.float32)
     gv = jax.grad(lambda v: jnp.sum(jf.sparse_dense(x, s.replace_values(v)).astype(jnp.float32) * gy))(s.values)
-    rows, cols = (np.asarray(a) for a in s.entry_coords())
+    rows, cols, _ = (np.asarray(a) for a in s.entry_coords())
     inside = (rows < M) & (cols < K)
     ref = np.einsum("np,np->p", gy[:, rows[inside]].astype(np.float64), x[:, cols[inside]].astype(np.float64))
     got = np.asarray(gv, np.float64)[inside]
@@ -125,6 +125,6 @@ def test_vmap_keeps_the_per_example_workspace_shape(case, monkeypatch):
     monkeypatch.setattr(primitive, "choose_split_k", lambda m, k, n: 1 + (n > 6))
     xb = jnp.asarray(x.reshape(2, 3, K))
     ys, ws = jax.vmap(lambda xi: primitive.flashllm_spmm_p.bind(
-        xi, s.values, s.locations, s.tile_offsets, m=M, k=K, split_k=2))(xb)
+        xi, s.values, s.index, s.tile_offsets, m=M, k=K, split_k=2, format=s.format_id))(xb)
     assert ws.shape == (2, primitive.workspace_size(M, 3, 2))
     assert_close_to_reference(np.asarray(ys).reshape(6, M), x, w)

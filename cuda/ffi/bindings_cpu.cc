@@ -34,7 +34,32 @@ NB_MODULE(_flashllm_cpu, m) {
     d["NNZ_ALIGN"] = flashllm::kNnzAlign;
     d["CHUNK_ELEMS"] = flashllm::kChunkElems;
     d["SWIZZLE_ROWS"] = flashllm::kSwizzleRows;
+    d["FORMAT_TILED_CSL"] = flashllm::kFormatTiledCsl;
+    d["FORMAT_BITMAP"] = flashllm::kFormatBitmap;
+    d["FORMAT_DENSE"] = flashllm::kFormatDense;
+    d["BLOCK_ROWS"] = flashllm::kBlockRows;
+    d["BLOCK_COLS"] = flashllm::kBlockCols;
+    d["BLOCKS_PER_TILE"] = flashllm::kBlocksPerTile;
+    d["SLAB_ROWS"] = flashllm::kSlabRows;
+    d["K_STEP"] = flashllm::kKStep;
+    d["FRAG_ROWS"] = flashllm::kFragRows;
+    d["BLOCKS_PER_FRAG"] = flashllm::kBlocksPerFrag;
+    d["BITMAP_HEADER_WORDS"] = flashllm::kBitmapHeaderWords;
+    d["BITMAP_WORDS_PER_TILE"] = flashllm::kBitmapWordsPerTile;
     return d;
+  });
+  // The bitmap/dense value order as compiled: entry i = row-major tile position of the i-th value.
+  m.def("bitmap_block_order", [] {
+    std::vector<int> order;
+    order.reserve(flashllm::kTileElems);
+    for (int b = 0; b < flashllm::kBlocksPerTile; ++b)
+      for (int bit = 0; bit < flashllm::kBlockElems; ++bit) {
+        const int row = flashllm::bitmap_block_row(b) + bit / flashllm::kBlockCols;
+        const int col = flashllm::bitmap_block_col(b) + bit % flashllm::kBlockCols;
+        if (flashllm::bitmap_block_index(row, col) != b || flashllm::bitmap_bit(row, col) != bit) return std::vector<int>{};
+        order.push_back(row * flashllm::kTileK + col);
+      }
+    return order;
   });
   m.def("swizzle_table", [] {
     std::vector<int> t(flashllm::kTileElems);

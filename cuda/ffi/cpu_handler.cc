@@ -12,19 +12,22 @@ namespace flashllm {
 namespace {
 
 ffi::Error FlashllmSpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer values,
-                               ffi::Buffer<ffi::U16> locations, ffi::Buffer<ffi::S32> tile_offsets,
+                               ffi::AnyBuffer index, ffi::Buffer<ffi::S32> tile_offsets,
                                ffi::Result<ffi::AnyBuffer> y, ffi::Result<ffi::AnyBuffer> workspace,
-                               int64_t m, int64_t k, int64_t split_k) {
+                               int64_t m, int64_t k, int64_t split_k, int64_t format) {
   (void)workspace;  // split-K is a GPU strategy; the CPU kernel parallelizes over tile rows.
   (void)split_k;
   int64_t n = 0;
-  if (std::string why = check_spmm_buffers(x, values, locations, tile_offsets, *y, m, k, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
     return ffi::Error::InvalidArgument("flashllm_spmm_cpu: " + why);
+  if (format != kFormatTiledCsl)
+    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: format " + std::to_string(format) +
+                                       " is not implemented by this CPU kernel build (Tiled-CSL only)");
   const auto dtype = x.element_type();
 
   cpu::SpmmProblem p{static_cast<const uint16_t*>(x.untyped_data()),
                      static_cast<const uint16_t*>(values.untyped_data()),
-                     locations.typed_data(),
+                     static_cast<const uint16_t*>(index.untyped_data()),
                      tile_offsets.typed_data(),
                      static_cast<uint16_t*>(y->untyped_data()),
                      m, k, n,
@@ -45,10 +48,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashllmSpmmCpu, flashllm::FlashllmSpmmCpuImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()         // x (N, K)
                                   .Arg<ffi::AnyBuffer>()         // values (P,)
-                                  .Arg<ffi::Buffer<ffi::U16>>()  // locations (P,)
+                                  .Arg<ffi::AnyBuffer>()         // index (per format)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // tile_offsets (T + 1,)
                                   .Ret<ffi::AnyBuffer>()         // y (N, M)
                                   .Ret<ffi::AnyBuffer>()         // split-K workspace (unused on CPU)
                                   .Attr<int64_t>("m")
                                   .Attr<int64_t>("k")
-                                  .Attr<int64_t>("split_k"));
+                                  .Attr<int64_t>("split_k")
+                                  .Attr<int64_t>("format"));     // format id (format.h)

@@ -23,13 +23,15 @@ ffi::Error invalid(const std::string& what) {
 }
 
 ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer values,
-                                ffi::Buffer<ffi::U16> locations,
+                                ffi::AnyBuffer index,
                                 ffi::Buffer<ffi::S32> tile_offsets, ffi::Result<ffi::AnyBuffer> y,
                                 ffi::Result<ffi::AnyBuffer> workspace, int64_t m, int64_t k,
-                                int64_t split_k) {
+                                int64_t split_k, int64_t format) {
   int64_t n = 0;
-  if (std::string why = check_spmm_buffers(x, values, locations, tile_offsets, *y, m, k, n); !why.empty())
+  if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
     return invalid(why);
+  if (format != kFormatTiledCsl)
+    return invalid("format " + std::to_string(format) + " is not implemented by this CUDA kernel build");
   const auto dtype = x.element_type();
   const int64_t m_tiles = (m + kTileM - 1) / kTileM;
   // split_k comes from jax_flashllm._tiling.choose_split_k at trace time; trust it, but make sure
@@ -46,7 +48,7 @@ ffi::Error FlashllmSpmmCudaImpl(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyB
   SpmmParams p{};
   p.x = static_cast<const uint16_t*>(x.untyped_data());
   p.values = static_cast<const uint16_t*>(values.untyped_data());
-  p.locations = locations.typed_data();
+  p.locations = static_cast<const uint16_t*>(index.untyped_data());
   p.tile_offsets = tile_offsets.typed_data();
   p.y = static_cast<uint16_t*>(y->untyped_data());
   p.workspace = split_k > 1 ? static_cast<float*>(workspace->untyped_data()) : nullptr;
@@ -70,11 +72,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashllmSpmmCuda, flashllm::FlashllmSpmmCudaImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .Arg<ffi::AnyBuffer>()         // x (N, K)
                                   .Arg<ffi::AnyBuffer>()         // values (P,)
-                                  .Arg<ffi::Buffer<ffi::U16>>()  // locations (P,)
+                                  .Arg<ffi::AnyBuffer>()         // index (per format)
                                   .Arg<ffi::Buffer<ffi::S32>>()  // tile_offsets (T + 1,)
                                   .Ret<ffi::AnyBuffer>()         // y (N, M)
                                   .Ret<ffi::AnyBuffer>()         // workspace (split_k * N * M_pad,) f32
                                   .Attr<int64_t>("m")
                                   .Attr<int64_t>("k")
-                                  .Attr<int64_t>("split_k"),
+                                  .Attr<int64_t>("split_k")
+                                  .Attr<int64_t>("format"),      // format id (format.h)
                               {xla::ffi::Traits::kCmdBufferCompatible});

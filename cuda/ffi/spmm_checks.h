@@ -19,11 +19,13 @@ inline std::string dims_str(xla::ffi::AnyBuffer::Dimensions d) {
 }
 
 // Returns "" when y (N, M) = x (N, K) @ W^T is well-formed for W of logical shape (m, k) stored in
-// (values, locations, tile_offsets), else what is wrong. Sets n on success.
+// format `format` as (values, index, tile_offsets), else what is wrong. Sets n on success. The index
+// is per format: Tiled-CSL uint16 (P,), bitmap uint32 (T * kBitmapWordsPerTile,), dense uint32 (0,).
 inline std::string check_spmm_buffers(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& values,
-                                      const xla::ffi::Buffer<xla::ffi::U16>& locations,
+                                      const xla::ffi::AnyBuffer& index,
                                       const xla::ffi::Buffer<xla::ffi::S32>& tile_offsets,
-                                      const xla::ffi::AnyBuffer& y, int64_t m, int64_t k, int64_t& n) {
+                                      const xla::ffi::AnyBuffer& y, int64_t m, int64_t k, int64_t format,
+                                      int64_t& n) {
   namespace ffi = xla::ffi;
   const auto dtype = x.element_type();
   if (dtype != ffi::F16 && dtype != ffi::BF16) return "x must be float16 or bfloat16";
@@ -41,7 +43,21 @@ inline std::string check_spmm_buffers(const xla::ffi::AnyBuffer& x, const xla::f
   const int64_t tiles = ((m + kTileM - 1) / kTileM) * ((k + kTileK - 1) / kTileK);
   if (int64_t(tile_offsets.element_count()) != tiles + 1)
     return "tile_offsets must have " + std::to_string(tiles + 1) + " entries";
-  if (values.element_count() != locations.element_count()) return "values and locations differ in length";
+  const int64_t count = int64_t(index.element_count());
+  if (format == kFormatTiledCsl) {
+    if (index.element_type() != ffi::U16) return "a Tiled-CSL index (locations) must be uint16";
+    if (count != int64_t(values.element_count())) return "values and locations differ in length";
+  } else if (format == kFormatBitmap) {
+    if (index.element_type() != ffi::U32) return "a bitmap index must be uint32";
+    if (count != tiles * kBitmapWordsPerTile)
+      return "a bitmap index must have " + std::to_string(tiles * kBitmapWordsPerTile) + " words";
+  } else if (format == kFormatDense) {
+    if (index.element_type() != ffi::U32 || count != 0) return "a dense-format index must be empty uint32";
+    if (int64_t(values.element_count()) != tiles * kTileElems)
+      return "a dense-format weight must have " + std::to_string(tiles * kTileElems) + " values";
+  } else {
+    return "unknown format id " + std::to_string(format);
+  }
   if (int64_t(values.element_count()) > kIntMax - kTileElems) return "too many stored entries for int32 indexing";
   return {};
 }

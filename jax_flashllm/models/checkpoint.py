@@ -28,7 +28,9 @@ from jax_flashllm.nn import SparseLinear, set_submodule
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-SAVED_FORMAT = "jax_flashllm.opt/1"
+SAVED_FORMAT = "jax_flashllm.opt/2"
+# Version 1 files hold Tiled-CSL layers only, their index under the name "locations".
+_READABLE_FORMATS = ("jax_flashllm.opt/1", SAVED_FORMAT)
 # Show a progress bar by default only when reading takes long enough to be worth watching.
 _PROGRESS_BYTES = 256 << 20
 
@@ -149,8 +151,8 @@ def _key(path: tuple) -> str:
 def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
 
-    Sparse layers are stored in their encoded form (values, locations, tile_offsets), so loading skips the
-    pruning and the encoding.
+    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so
+    loading skips the pruning and the encoding.
     """
     directory = os.fspath(path)
     os.makedirs(directory, exist_ok=True)
@@ -165,16 +167,26 @@ def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
     save_file(tensors, os.path.join(directory, SINGLE_FILE), metadata=meta)
 
 
-_ENCODING = ("values", "locations", "tile_offsets")
+_ENCODING = ("values", "index", "tile_offsets")
 
 
 def _check_encoding(file: str, name: str, spec: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Validate one saved sparse layer's Tiled-CSL arrays on the host: the kernels trust them (the CUDA
-    handler cannot inspect device data), so a corrupt file must stop here, not read out of bounds."""
+    """Validate one saved sparse layer's arrays on the host: the kernels trust them (the CUDA handler
+    cannot inspect device data), so a corrupt file must stop here, not read out of bounds."""
+    fmt = spec.get("format", spec.get("version"))
     try:
-        SparseMatrix(*(arrays[n] for n in _ENCODING), tuple(spec["shape"]), version=spec["version"])
+        SparseMatrix(*(arrays[n] for n in _ENCODING), tuple(spec["shape"]), format=fmt)
     except ValueError as e:
-        raise CheckpointError(f"{file}: sparse layer {name} is not a valid Tiled-CSL matrix: {e}") from e
+        raise CheckpointError(f"{file}: sparse layer {name} is not a valid {fmt} matrix: {e}; the file is "
+                              "damaged: save the model again") from e
+
+
+def _saved_key(leaf: tuple, keys: set[str]) -> str:
+    """The file's name for a state leaf; a sparse index saved by version 1 is called "locations"."""
+    key = _key(leaf)
+    if key not in keys and leaf[-1] == "index" and _key(leaf[:-1] + ("locations",)) in keys:
+        return _key(leaf[:-1] + ("locations",))
+    return key
 
 
 def load_model(path: str | os.PathLike) -> OPTForCausalLM:
@@ -187,7 +199,7 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
         raise FileNotFoundError(f"no {SINGLE_FILE} in {directory}")
     handle = _open(file)
     meta = handle.metadata() or {}
-    if meta.get("format") != SAVED_FORMAT:
+    if meta.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
     model = OPTForCausalLM.abstract(config, meta["dtype"])
@@ -207,7 +219,7 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     keys = set(handle.keys())
     pending: dict[tuple, dict[str, tuple]] = {}  # a sparse layer's arrays until all three are read
     for leaf, var in flat.items():
-        key = _key(leaf)
+        key = _saved_key(leaf, keys)
         if key not in keys:
             raise CheckpointError(f"{file} lacks tensor {key!r}")
         array = _read(handle, file, key)
