@@ -48,7 +48,7 @@ def run_config(size: str, sparsity: float | None, steps: int) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jax_flashllm.generate import decode_step, prefill
+    from jax_flashllm.generation import decode_step, prefill
     from jax_flashllm.models import OPTConfig, OPTForCausalLM
     from jax_flashllm.nn import sparsify
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jax_flashllm.generate import generate, prefill
+from jax_flashllm.generation import generate, prefill
 from jax_flashllm.models import OPTConfig, OPTForCausalLM, load_pretrained
 from jax_flashllm.nn import SparseLinear, densify, sparsify
 

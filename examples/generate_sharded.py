@@ -65,7 +65,7 @@ def main():
     import numpy as np
     from jax.sharding import AxisType
 
-    from jax_flashllm.generate import generate
+    from jax_flashllm.generation import generate
     from jax_flashllm.sharding import shard_model
 
     devices = jax.devices()[: args.devices or len(jax.devices())]

@@ -126,15 +126,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    import jax_flashllm
+    from jax_flashllm.text import generate_text
 
-    if not hasattr(jax_flashllm, "generate_text"):
-        raise SystemExit("error: this jax_flashllm has no generate_text (the text API); update the package")
     model = load_any(_model_dir(args.model), args.dtype)
     tokenizer, _ = _tokenizer(args)
-    texts = jax_flashllm.generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                       seed=args.seed)
+    texts = generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     for prompt, text in zip(args.prompt, texts):
         print(f"{prompt}{text}")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 from typing import Callable, Iterable
 
 import jax
@@ -19,6 +20,7 @@ from flax import nnx
 
 from jax_flashllm import formats as _formats
 from jax_flashllm import prune as _prune
+from jax_flashllm._log import logger, progress as _progress
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
 
@@ -195,7 +197,8 @@ def set_submodule(model: nnx.Module, path: tuple, layer: nnx.Module, modules: di
 
 
 def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", include: Selector = None,
-             exclude: Selector = None, dtype=None, seed: int = 0, format: str = "auto") -> SparsifyReport:
+             exclude: Selector = None, dtype=None, seed: int = 0, format: str = "auto",
+             progress: bool | None = None) -> SparsifyReport:
     """Prune and replace ``nnx.Linear`` layers of ``model`` by SparseLinear layers, in place.
 
     include / exclude select layers by dotted path ("layers.0.self_attn.q_proj"): a regex searched in the
@@ -204,19 +207,23 @@ def sparsify(model: nnx.Module, sparsity: float, *, method: str = "magnitude", i
     uses seed + i). dtype: float16 | bfloat16 storage of the sparse weights; None: each Linear's own
     parameter dtype when it is float16 | bfloat16, else bfloat16 (so a float32 model gets bfloat16).
     format: "tiled_csl" | "bitmap" | "dense" | "auto" (per layer, the fewest bytes; see SparseMatrix.from_dense).
-    Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after).
+    Returns a SparsifyReport (per layer: shape, achieved sparsity, bytes before and after). progress: a bar
+    over the layers (None: on a terminal, unless JAX_FLASHLLM_PROGRESS=0).
     """
     take, drop = _matcher(include, True), _matcher(exclude, False)
     modules = dict(nnx.iter_graph(model))
     chosen = [(path, m) for path, m in modules.items()
               if isinstance(m, nnx.Linear) and take(_path_name(path)) and not drop(_path_name(path))]
     reports = []
-    for i, (path, linear) in enumerate(chosen):
+    started = time.perf_counter()
+    for i, (path, linear) in enumerate(_progress(chosen, desc="sparsify", unit="layer", show=progress)):
         sparse = SparseLinear.from_linear(linear, sparsity, method, dtype, seed=seed + i, format=format)
         set_submodule(model, path, sparse, modules)
         w = sparse.weight
         reports.append(LayerReport(_path_name(path), w.shape, w.sparsity, int(linear.kernel[...].nbytes),
                                    w.nbytes))
+    logger.info("sparsified %d layers to %.0f%% (%s) in %.1f s", len(reports), 100 * sparsity, method,
+                time.perf_counter() - started)
     return SparsifyReport(tuple(reports))
 
 

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax.numpy as jnp
 
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.primitive import choose_split_k, spmm
 
-__all__ = ["sparse_dense"]
+__all__ = ["sparse_dense", "register_weight_type"]
+
+# Weight types built on SparseMatrix (jax_flashllm.sharding.ShardedSparseMatrix) register their multiply
+# here, so this op dispatches on the type without importing the modules that build on it.
+_MULTIPLY: dict[type, Callable] = {}
+
+
+def register_weight_type(cls: type, multiply: Callable) -> None:
+    """Route ``sparse_dense(x, w, bias)`` for weights of type ``cls`` to ``multiply(x, w, bias)``."""
+    _MULTIPLY[cls] = multiply
 
 
 def check_inputs(x, shape, dtype, bias):
@@ -43,11 +53,10 @@ def sparse_dense(x, w: SparseMatrix, bias=None):
     Differentiable w.r.t. x and w.values; composes with jit, vmap, scan and while_loop.
     """
     if not isinstance(w, SparseMatrix):
-        from jax_flashllm import sharding  # lazy: sharding builds on this module
-
-        if isinstance(w, sharding.ShardedSparseMatrix):
-            return sharding.sharded_sparse_dense(x, w, bias)
-        raise TypeError(f"sparse_dense expects a SparseMatrix weight, got {type(w).__name__}")
+        multiply = _MULTIPLY.get(type(w))
+        if multiply is None:
+            raise TypeError(f"sparse_dense expects a SparseMatrix weight, got {type(w).__name__}")
+        return multiply(x, w, bias)
     x, bias = check_inputs(x, w.shape, w.values.dtype, bias)
     m, k = w.shape
     lead = x.shape[:-1]

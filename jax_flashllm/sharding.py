@@ -34,7 +34,7 @@ from jax_flashllm import _constants as C
 from jax_flashllm import formats as _formats
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.nn import SparseLinear
-from jax_flashllm.ops import check_inputs, sparse_dense
+from jax_flashllm.ops import check_inputs, register_weight_type, sparse_dense
 
 __all__ = ["COLUMN", "ROW", "OPT_PLAN", "ShardedSparseMatrix", "ShardedSparseLinear", "shard_sparse",
            "split_sparse", "pad_entries", "sharded_sparse_dense", "shard_linear", "shard_model"]
@@ -275,6 +275,9 @@ def sharded_sparse_dense(x, w: ShardedSparseMatrix, bias=None):
     # check_vma=False: the FFI primitive has no varying-manual-axes rule; the specs above say it all.
     return jax.shard_map(per_device, mesh=w.mesh, in_specs=tuple(specs), out_specs=y_spec,
                          check_vma=False)(*args)
+
+
+register_weight_type(ShardedSparseMatrix, sharded_sparse_dense)
 
 
 # --- layers and models -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from flax import nnx  # noqa: E402
 from jax.sharding import AxisType  # noqa: E402
 
 import jax_flashllm as jf  # noqa: E402
-from jax_flashllm.generate import generate  # noqa: E402
+from jax_flashllm.generation import generate  # noqa: E402
 from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM  # noqa: E402
 from jax_flashllm.nn import sparsify  # noqa: E402
 from jax_flashllm import sharding  # noqa: E402

@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 
-import jax_flashllm
 from jax_flashllm import SparseLinear
 from jax_flashllm.cli import calibration_windows, main
 from jax_flashllm.models import load_model
@@ -50,7 +49,6 @@ def test_eval_dense_and_pruned(pruned, capsys):
     assert dense < sparse < 5 * dense
 
 
-@pytest.mark.skipif(not hasattr(jax_flashllm, "generate_text"), reason="needs the text API (generate_text)")
 def test_generate(pruned, capsys):
     assert main(["generate", "--model", pruned, "--prompt", "Return the", "--prompt", "The",
                  "--max-new-tokens", "8"]) == 0

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jax_flashllm.generate import decode_step, generate, prefill, stream
+from jax_flashllm.generation import decode_step, generate, prefill, stream
 from jax_flashllm.models.checkpoint import load_pretrained
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
 from jax_flashllm.nn import densify, sparsify
-from jax_flashllm.sampling import Greedy, Sample, make_sampler, mask_vocab
+from jax_flashllm.sampling import make_sampler, mask_vocab, sample
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -97,18 +97,17 @@ def test_sampling_is_seeded():
 def test_samplers():
     logits = jnp.array([[0.0, 3.0, 1.0, 2.5], [5.0, 0.0, 0.0, 0.0]])
     key = jax.random.key(0)
-    np.testing.assert_array_equal(np.asarray(Greedy()(logits, key)), [1, 0])
+    np.testing.assert_array_equal(np.asarray(sample(logits, key, make_sampler())), [1, 0])
     # top_k=1 and a tiny top_p reduce to greedy
-    np.testing.assert_array_equal(np.asarray(Sample(1.0, top_k=1)(logits, key)), [1, 0])
-    np.testing.assert_array_equal(np.asarray(Sample(1.0, top_p=1e-3)(logits, key)), [1, 0])
-    # top_k=2 only ever draws the two best ids
-    draws = jax.vmap(lambda k: Sample(5.0, top_k=2)(logits, k))(jax.random.split(key, 200))
+    np.testing.assert_array_equal(np.asarray(sample(logits, key, make_sampler(1.0, top_k=1))), [1, 0])
+    np.testing.assert_array_equal(np.asarray(sample(logits, key, make_sampler(1.0, top_p=1e-3))), [1, 0])
+    # top_k=2 only ever draws the two best ids; the settings are traced (one compile for all of them)
+    draw = jax.jit(jax.vmap(lambda k, s: sample(logits, k, s), in_axes=(0, None)))
+    draws = draw(jax.random.split(key, 200), make_sampler(5.0, top_k=2))
     assert set(np.asarray(draws)[:, 0].tolist()) == {1, 3}
-    assert make_sampler(0.0) == Greedy() and make_sampler(0.7, 5) == Sample(0.7, 5, 1.0)
-    with pytest.raises(ValueError):
-        make_sampler(-1.0)
-    with pytest.raises(ValueError):
-        Sample(1.0, top_p=0.0)
+    draws = draw(jax.random.split(key, 200), make_sampler(5.0, top_k=3))
+    assert set(np.asarray(draws)[:, 0].tolist()) == {1, 2, 3}
+    assert draw._cache_size() == 1
     masked = mask_vocab(logits, 2)
     assert np.isneginf(np.asarray(masked)[:, 2:]).all()
 
@@ -127,7 +126,7 @@ def test_step_api_and_argument_checks():
     decoding = decode_step(decoding)
     with pytest.raises(ValueError, match="already produced"):
         decode_step(decoding)
-    with pytest.raises(ValueError, match="positions"):
+    with pytest.raises(ValueError, match="max_position_embeddings"):
         generate(model, ids, max_new_tokens=model.config.max_position_embeddings)
     with pytest.raises(ValueError, match="attention_mask"):
         generate(model, ids, np.ones((1, 4)), max_new_tokens=2)

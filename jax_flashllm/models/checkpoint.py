@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import time
+import uuid
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
-from tqdm.auto import tqdm
 
+from jax_flashllm._log import logger, progress as _bar
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.models.opt import OPTConfig, OPTForCausalLM
 from jax_flashllm.nn import SparseLinear, set_submodule
@@ -56,26 +60,51 @@ def _shard_files(directory: str) -> list[str]:
     if os.path.isfile(single):
         return [single]
     raise FileNotFoundError(f"no {SINGLE_FILE} or {INDEX_FILE} in {directory} "
-                            "(only safetensors checkpoints are supported; convert .bin files first)")
+                            "(only safetensors checkpoints are supported; convert .bin files first, e.g. by "
+                            "loading and saving with transformers' save_pretrained(safe_serialization=True))")
 
 
 def _open(file: str):
     try:
         return safe_open(file, framework="numpy")
     except Exception as e:  # safetensors raises its own error type for truncated or corrupt headers
-        raise CheckpointError(f"{file}: cannot read safetensors file (truncated or corrupt?): {e}") from e
+        raise CheckpointError(f"{file}: cannot read safetensors file (truncated or corrupt?): {e}; "
+                              "download or save it again") from e
 
 
 def _read(handle, file: str, key: str) -> np.ndarray:
     try:
         return handle.get_tensor(key)
     except Exception as e:
-        raise CheckpointError(f"{file}: cannot read tensor {key!r} (truncated file?): {e}") from e
+        raise CheckpointError(f"{file}: cannot read tensor {key!r} (truncated file?): {e}; "
+                              "download or save it again") from e
 
 
-def _progress(total: int, nbytes: int, progress: bool | None, desc: str):
-    show = nbytes >= _PROGRESS_BYTES if progress is None else progress
-    return tqdm(total=total, desc=desc, unit="tensor", disable=not show)
+def _progress(total: int, nbytes: int, progress: bool | None, desc: str, iterable=None):
+    """A bar for reading or writing many tensors: by default only for checkpoints big enough to wait for
+    (and, through _log, only on a terminal)."""
+    show = progress if progress is not None else (False if nbytes < _PROGRESS_BYTES else None)
+    return _bar(iterable, total=total, desc=desc, unit="tensor", show=show)
+
+
+def _directory(path, what: str) -> str:
+    """The checkpoint directory named by ``path``; a clear error for a file inside it or a missing one."""
+    directory = os.fspath(path)
+    if os.path.isfile(directory):
+        parent = os.path.dirname(os.path.abspath(directory))
+        raise CheckpointError(f"{directory} is a file; {what} takes the checkpoint directory that holds "
+                              f"config.json and {SINGLE_FILE}: {what}({parent!r})")
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory not found: {directory}")
+    return directory
+
+
+def _canonical(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
+    """Merge a model filled through ``OPTForCausalLM.abstract``, with every variable rebuilt as eager
+    construction builds it. Variables traced by eval_shape keep their metadata in another order, which makes
+    the graphdef unequal to the original model's, and jit would compile everything once more for it."""
+    flat = [(p, type(v)(v.get_value(), **v.get_metadata())) for p, v in nnx.to_flat_state(state)]
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
 def _abstract_model(config: OPTConfig, dtype) -> tuple[nnx.GraphDef, nnx.State]:
@@ -111,9 +140,10 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float16, *, progress: boo
     that disagrees with config.json, or a missing/unexpected tensor. ``progress``: tqdm bar (default: only
     for checkpoints over 256 MiB).
     """
-    directory = os.fspath(path)
+    directory = _directory(path, "load_pretrained")
     config = OPTConfig.from_json(directory)
     files = _shard_files(directory)
+    started = time.perf_counter()
     graphdef, state = _abstract_model(config, dtype)
     flat = dict(nnx.to_flat_state(state))
     filled: dict[tuple, str] = {}
@@ -134,37 +164,99 @@ def load_pretrained(path: str | os.PathLike, dtype=jnp.float16, *, progress: boo
                 expected = flat[leaf].shape[::-1] if transpose else flat[leaf].shape  # in HF orientation
                 if array.shape != expected:
                     raise CheckpointError(f"{file}: {key} has shape {list(array.shape)}, "
-                                          f"config.json implies {list(expected)}")
+                                          f"config.json implies {list(expected)}; the config.json beside "
+                                          "it belongs to another model size")
                 array = array.T if transpose else array
                 flat[leaf].set_value(jnp.asarray(array, dtype=flat[leaf].dtype))
                 filled[leaf] = key
     missing = [".".join(map(str, p)) for p in flat if p not in filled]
     if missing:
-        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} tensor(s): {', '.join(missing[:8])}")
-    return nnx.merge(graphdef, state)
+        raise CheckpointError(f"checkpoint {directory} lacks {len(missing)} tensor(s): {', '.join(missing[:8])}"
+                              "; the download is incomplete or config.json names a bigger model")
+    logger.info("loaded %s (%d tensors, %.1f MB) in %.1f s", directory, len(filled), nbytes / 1e6,
+                time.perf_counter() - started)
+    return _canonical(graphdef, state)
 
 
 def _key(path: tuple) -> str:
     return ".".join(map(str, path))
 
 
-def save_model(model: OPTForCausalLM, path: str | os.PathLike) -> None:
-    """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
-
-    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so
-    loading skips the pruning and the encoding.
-    """
-    directory = os.fspath(path)
-    os.makedirs(directory, exist_ok=True)
+def _write(model: OPTForCausalLM, directory: str, progress: bool | None) -> None:
+    """config.json + model.safetensors of ``model`` into the existing, empty ``directory``, files 0644."""
     sparse = {_key(p): {**m.spec(), "path": list(p)} for p, m in nnx.iter_graph(model)
               if isinstance(m, SparseLinear)}
-    tensors = {_key(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
+    flat = list(nnx.to_flat_state(nnx.state(model)))
+    nbytes = sum(int(np.prod(v.shape)) * jnp.dtype(v.dtype).itemsize for _, v in flat)
+    tensors = {}
+    with _progress(len(flat), nbytes, progress, f"saving {os.path.basename(directory)}") as bar:
+        for p, v in flat:
+            tensors[_key(p)] = np.asarray(v.get_value())
+            bar.update(1)
     meta = {"format": SAVED_FORMAT, "dtype": jnp.dtype(model.dtype).name,
             "embedding_dtype": jnp.dtype(model.embed_tokens.embedding.dtype).name,
             "sparse_layers": json.dumps(sparse)}
-    with open(os.path.join(directory, "config.json"), "w") as f:
+    config = os.path.join(directory, "config.json")
+    with open(config, "w") as f:
         json.dump(model.config.to_dict(), f, indent=2)
-    save_file(tensors, os.path.join(directory, SINGLE_FILE), metadata=meta)
+    weights = os.path.join(directory, SINGLE_FILE)
+    save_file(tensors, weights, metadata=meta)
+    for file in (config, weights):
+        os.chmod(file, 0o644)
+        with open(file, "rb") as f:  # on disk before the swap makes it the checkpoint
+            os.fsync(f.fileno())
+
+
+def _carry_over(old: str, new: str) -> None:
+    """Keep files of an existing checkpoint directory that save_model does not write (a tokenizer.json, a
+    README): hard links where possible, so nothing large is copied."""
+    for name in os.listdir(old):
+        source, target = os.path.join(old, name), os.path.join(new, name)
+        if os.path.exists(target) or not os.path.isfile(source):
+            continue
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+
+def save_model(model: OPTForCausalLM, path: str | os.PathLike, *, progress: bool | None = None) -> None:
+    """Save a (possibly sparsified) OPTForCausalLM to directory ``path``: config.json + model.safetensors.
+
+    Sparse layers are stored in their encoded form (values, index, tile_offsets) with their format, so
+    loading skips the pruning and the encoding. Atomic: the checkpoint is written into a sibling temporary directory, then
+    swapped in (the old directory renamed aside, the new one renamed into place, the old one deleted; other
+    files of the old directory, such as a tokenizer, are kept). A crash leaves one complete checkpoint, old
+    or new, plus at most a stray ``.<name>.tmp-*`` / ``.<name>.old-*`` directory beside it. Files are 0644.
+    ``progress``: a bar over the tensors (default: for models over 256 MiB, on a terminal).
+    """
+    directory = os.path.abspath(os.fspath(path))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise CheckpointError(f"{directory} exists and is not a directory; save_model writes a directory "
+                              "(config.json + model.safetensors): pass another path")
+    parent, name = os.path.split(directory)
+    os.makedirs(parent, exist_ok=True)
+    started = time.perf_counter()
+    tmp = tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=parent)
+    try:
+        os.chmod(tmp, 0o755)
+        _write(model, tmp, progress)
+        if os.path.isdir(directory):
+            _carry_over(directory, tmp)
+            old = os.path.join(parent, f".{name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(directory, old)
+            try:
+                os.rename(tmp, directory)
+            except BaseException:
+                os.rename(old, directory)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved %s in %.1f s", directory, time.perf_counter() - started)
 
 
 _ENCODING = ("values", "index", "tile_offsets")
@@ -189,19 +281,27 @@ def _saved_key(leaf: tuple, keys: set[str]) -> str:
     return key
 
 
-def load_model(path: str | os.PathLike) -> OPTForCausalLM:
-    """Load a model written by ``save_model`` (dense or sparsified), every shape checked and every sparse
-    layer validated (CheckpointError naming the layer for a corrupt encoding)."""
-    directory = os.fspath(path)
+def load_model(path: str | os.PathLike, *, progress: bool | None = None) -> OPTForCausalLM:
+    """Load a model written by ``save_model`` (dense or sparsified) from its directory, every shape checked
+    and every sparse layer validated (CheckpointError naming the file, the layer and the fix). The loaded
+    model's graph equals the saved one's, so jitted functions compiled for it are reused.
+    ``progress``: a bar over the tensors (default: for files over 256 MiB, on a terminal)."""
+    directory = _directory(path, "load_model")
     config = OPTConfig.from_json(directory)
     file = os.path.join(directory, SINGLE_FILE)
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"no {SINGLE_FILE} in {directory}")
+        raise FileNotFoundError(f"no {SINGLE_FILE} in {directory} (save_model writes config.json and "
+                                f"{SINGLE_FILE}; a sharded HuggingFace checkpoint goes to load_pretrained)")
+    started = time.perf_counter()
     handle = _open(file)
     meta = handle.metadata() or {}
     if meta.get("format") not in _READABLE_FORMATS:
         raise CheckpointError(f"{file} was not written by jax_flashllm's save_model "
                               f"(format {meta.get('format')!r}); use load_pretrained for HF checkpoints")
+    lacking = [k for k in ("dtype", "sparse_layers") if k not in meta]
+    if lacking:
+        raise CheckpointError(f"{file}: metadata lacks {', '.join(lacking)}; the file was altered after "
+                              "save_model wrote it: save the model again")
     model = OPTForCausalLM.abstract(config, meta["dtype"])
     # A model saved after cast_embeddings keeps its embeddings (and tied head) in their own dtype; files
     # written before this key existed have them in the model dtype.
@@ -218,14 +318,18 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
     flat = dict(nnx.to_flat_state(state))
     keys = set(handle.keys())
     pending: dict[tuple, dict[str, tuple]] = {}  # a sparse layer's arrays until all three are read
-    for leaf, var in flat.items():
+    nbytes = os.path.getsize(file)
+    for leaf, var in _progress(len(flat), nbytes, progress, f"loading {os.path.basename(directory.rstrip('/'))}",
+                               list(flat.items())):
         key = _saved_key(leaf, keys)
         if key not in keys:
-            raise CheckpointError(f"{file} lacks tensor {key!r}")
+            raise CheckpointError(f"{file} lacks tensor {key!r}; config.json and the file disagree: save the "
+                                  "model again")
         array = _read(handle, file, key)
         if array.shape != var.shape or array.dtype != var.dtype:
-            raise CheckpointError(f"{file}: {key} is {array.dtype}{list(array.shape)}, "
-                                  f"expected {var.dtype}{list(var.shape)}")
+            raise CheckpointError(f"{file}: {key} is {array.dtype}{list(array.shape)}, expected "
+                                  f"{var.dtype}{list(var.shape)} from config.json and the metadata; save the "
+                                  "model again")
         keys.discard(key)
         layer, name = leaf[:-1], leaf[-1]
         if layer in specs and name in _ENCODING:
@@ -238,5 +342,7 @@ def load_model(path: str | os.PathLike) -> OPTForCausalLM:
             continue
         var.set_value(jnp.asarray(array))
     if keys:
-        raise CheckpointError(f"{file} has unexpected tensor(s): {', '.join(sorted(keys)[:8])}")
-    return nnx.merge(graphdef, state)
+        raise CheckpointError(f"{file} has unexpected tensor(s): {', '.join(sorted(keys)[:8])}; config.json "
+                              "names a smaller model than the weights: save the model again")
+    logger.info("loaded %s (%.1f MB) in %.1f s", directory, nbytes / 1e6, time.perf_counter() - started)
+    return _canonical(graphdef, state)

@@ -142,8 +142,14 @@ class OPTConfig:
             path = os.path.join(path, "config.json")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"OPT config not found: {path}")
-        with open(path) as f:
-            d = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path} is not a JSON config file ({e}); pass a HuggingFace config.json or the "
+                             "checkpoint directory holding it") from e
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a config.json holds a JSON object, got {type(d).__name__}")
         if d.get("model_type", "opt") != "opt":
             raise ValueError(f"{path}: model_type is {d['model_type']!r}, not 'opt'")
         return cls.from_dict(d)
@@ -263,7 +269,9 @@ class OPTForCausalLM(nnx.Module):
 
     def __init__(self, config: OPTConfig, *, rngs: nnx.Rngs, dtype=jnp.float32):
         cfg = self.config = config
-        self.dtype = jnp.dtype(dtype)
+        # One spelling of the dtype ("float32", jnp.float32, np.dtype) in every layer: it is static in the
+        # graph, and two spellings would make jit compile the same model twice (e.g. after load_model).
+        dtype = self.dtype = jnp.dtype(dtype)
         dw, m = cfg.word_embed_proj_dim, cfg.hidden_size
         self.embed_tokens = _embed(cfg, cfg.vocab_size, dw, dtype, rngs)
         self.embed_positions = _embed(cfg, cfg.max_position_embeddings + POSITION_OFFSET, m, dtype, rngs)
@@ -282,6 +290,7 @@ class OPTForCausalLM(nnx.Module):
         Layers are traced one at a time: one nnx.eval_shape over the whole model costs time quadratic in
         its size (minutes for opt-175b), one per layer stays linear.
         """
+        dtype = jnp.dtype(dtype)  # as in __init__: one spelling, one graph
         shell = dataclasses.replace(config, num_hidden_layers=0)
         model = nnx.eval_shape(lambda: cls(shell, rngs=nnx.Rngs(0), dtype=dtype))
         model.config = config
