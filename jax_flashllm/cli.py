@@ -52,7 +52,8 @@ def load_any(path: str, dtype: str = "float32"):
     single = os.path.join(path, SINGLE_FILE)
     if os.path.isfile(single):
         with safe_open(single, framework="numpy") as handle:
-            if (handle.metadata() or {}).get("format") == SAVED_FORMAT:
+            # Any jax_flashllm save (this version or another) goes to load_model, whose errors name the version.
+            if (handle.metadata() or {}).get("format", "").startswith(SAVED_FORMAT.split("/")[0]):
                 return load_model(path)
     return load_pretrained(path, dtype)
 
