@@ -97,3 +97,15 @@ def test_bad_arguments():
         prune.parse_nm("2-4")
     with pytest.raises(ValueError, match="sparsity"):
         prune.wanda(w, x, None)
+
+
+@pytest.mark.parametrize("prune_count", [0, 1, 7, 16, 31, 32])
+def test_keep_largest_counts_and_ties_by_position(prune_count):
+    rng = np.random.default_rng(6)
+    scores = rng.integers(0, 4, (5, 32)).astype(np.float32)  # many ties
+    keep = np.asarray(prune.keep_largest(jnp.asarray(scores), prune_count))
+    for row in range(5):
+        order = np.argsort(scores[row], kind="stable")
+        expected = np.ones(32, bool)
+        expected[order[:prune_count]] = False
+        np.testing.assert_array_equal(keep[row], expected)

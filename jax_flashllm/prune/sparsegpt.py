@@ -45,22 +45,24 @@ def inverse_hessian_factor(h: jax.Array, damp: float) -> tuple[jax.Array, jax.Ar
     dead = jnp.diag(h) == 0
     h = h + jnp.diag(dead.astype(jnp.float32))
     h = h + damp * jnp.mean(jnp.diag(h)) * eye
-    lower = jax.scipy.linalg.cholesky(h, lower=True)
-    hinv = jax.scipy.linalg.cho_solve((lower, True), eye)
-    # cho_solve's result is symmetric only up to rounding; the factorization wants an exactly symmetric input.
-    hinv = 0.5 * (hinv + hinv.T)
-    return jnp.triu(jax.scipy.linalg.cholesky(hinv, lower=False)), dead
+    # The reference factors twice (H -> H^-1 -> chol). With J the order-reversing permutation and
+    # J H J = L L^T, U = J L^-1 J is upper triangular and U^T U = J (J H J)^-1 J = H^-1: one Cholesky and one
+    # triangular inverse, about half the flops at K = 4096.
+    lower = jax.scipy.linalg.cholesky(h[::-1, ::-1], lower=True)
+    inverse = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
+    return jnp.triu(inverse[::-1, ::-1]), dead
 
 
-@functools.partial(jax.jit, static_argnames=("sparsity", "nm", "blocksize", "damp"))
-def _sparsegpt(w, h, *, sparsity, nm, blocksize, damp):
-    rows, k = w.shape
-    u, dead = inverse_hessian_factor(h, damp)
-    w = jnp.where(dead[None, :], 0.0, w.astype(jnp.float32))
-    # Pad K to whole blocks: zero weights over an identity factor produce no error and are never chosen.
-    kp = -(-k // blocksize) * blocksize
-    w = jnp.pad(w, ((0, 0), (0, kp - k)))
-    u = jax.scipy.linalg.block_diag(u, jnp.eye(kp - k, dtype=jnp.float32)) if kp > k else u
+# The lazy update of a block touches every later column; running the blocks in a few segments, each on the
+# columns from its first block on, skips most of the columns already final (full width: 2 M K^2 flops; four
+# segments: 1.25 M K^2).
+_SEGMENTS = 4
+
+
+def _blocks(w, u, k, count, *, sparsity, nm, blocksize):
+    """Prune the first ``count`` blocks of w (M, kp) in order and apply their updates to all later columns;
+    u (kp, kp) is w's factor, columns >= k are padding."""
+    rows, kp = w.shape
     cols = jnp.arange(kp)
 
     def block(b, w):
@@ -99,7 +101,25 @@ def _sparsegpt(w, h, *, sparsity, nm, blocksize, damp):
         update = jnp.einsum("MB,BK->MK", err1, later, precision=jax.lax.Precision.HIGHEST)
         return w - jnp.where(cols[None, :] >= i1 + blocksize, update, 0.0)
 
-    w = jax.lax.fori_loop(0, kp // blocksize, block, w)
+    return jax.lax.fori_loop(0, count, block, w)
+
+
+@functools.partial(jax.jit, static_argnames=("sparsity", "nm", "blocksize", "damp"))
+def _sparsegpt(w, h, *, sparsity, nm, blocksize, damp):
+    rows, k = w.shape
+    u, dead = inverse_hessian_factor(h, damp)
+    w = jnp.where(dead[None, :], 0.0, w.astype(jnp.float32))
+    # Pad K to whole blocks: zero weights over an identity factor produce no error and are never chosen.
+    kp = -(-k // blocksize) * blocksize
+    w = jnp.pad(w, ((0, 0), (0, kp - k)))
+    u = jax.scipy.linalg.block_diag(u, jnp.eye(kp - k, dtype=jnp.float32)) if kp > k else u
+    nb = kp // blocksize
+    bounds = sorted({round(i * nb / min(_SEGMENTS, nb)) for i in range(min(_SEGMENTS, nb) + 1)})
+    for b0, b1 in zip(bounds[:-1], bounds[1:]):
+        c0 = b0 * blocksize
+        # This segment's blocks, on the columns from c0 on (the earlier ones are final).
+        done = _blocks(w[:, c0:], u[c0:, c0:], k - c0, b1 - b0, sparsity=sparsity, nm=nm, blocksize=blocksize)
+        w = w.at[:, c0:].set(done)
     return w[:, :k]
 
 
