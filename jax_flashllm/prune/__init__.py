@@ -22,8 +22,9 @@ _MODEL_NAMES = ("prune_model", "PruneReport", "LayerPruneReport")
 
 
 def __getattr__(name):
-    # prune_model encodes through jax_flashllm.nn, and nn builds on the masks above: importing the model
-    # module on first use keeps the import graph one-directional (nn -> prune, prune.model -> nn).
+    # prune_model encodes through jax_flashllm.nn, and nn builds on prune.magnitude: importing the model
+    # module on first use keeps the graph one-directional (nn -> prune.magnitude, prune.model -> nn) and
+    # importing nn never loads prune.model half-way.
     if name in _MODEL_NAMES:
         from jax_flashllm.prune import model
 
