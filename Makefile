@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 BUILD_DEPS := "scikit-build-core>=0.10" "nanobind>=2.4" "cmake>=3.24" ninja "jax>=0.10" "jaxlib>=0.10"
 NATIVE_SRC := $(shell find cuda -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: demo test install gpu-check bench bench-quick clean
+.PHONY: demo test install peer gpu-check bench bench-quick clean
 
 demo: $(VENV)/.installed
 	$(PY) examples/generate_opt.py
@@ -31,6 +31,13 @@ $(VENV)/.deps: Makefile pyproject.toml
 $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SRC)
 	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
+
+# The benchmarks' PyTorch / transformers peers (pinned extra `peer`), never part of `make test`. torch
+# comes from PyTorch's CPU-only index first: PyPI's Linux wheel of the same version pulls the CUDA stack.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+peer: $(VENV)/.installed
+	$(PIP) install -q "$$(grep -o 'torch==[0-9.]*' pyproject.toml)" --index-url $(TORCH_INDEX)
+	$(PIP) install -q --no-build-isolation -e ".[test,bench,peer]"
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
 # are already installed: build in place, run the suite on the GPU and the kernel benchmark.

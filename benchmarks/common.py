@@ -21,12 +21,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # --- timing -------------------------------------------------------------------------------------------
 def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 2, iters: int = 15,
-                      budget_s: float = 20.0, min_iters: int = 3) -> dict[str, np.ndarray]:
+                      budget_s: float = 20.0, min_iters: int = 3,
+                      external: dict[str, Callable[[], float]] | None = None) -> dict[str, np.ndarray]:
     """Seconds per call of each function, measured in rounds that call every function once (in a rotating
     order), so a change in machine load hits all of them alike. Each call blocks until its result is
     ready. Stops after `iters` rounds, or earlier once `budget_s` is spent and every function has
     `min_iters` samples. A function that raises during warm-up is dropped (its name maps to an empty
-    array)."""
+    array). `external` functions time one call elsewhere (another process) and return its seconds; they
+    take their turn in the rounds like the others."""
+    external = external or {}
+    fns = {**fns, **external}
     live = {}
     for name, fn in fns.items():
         try:
@@ -41,6 +45,9 @@ def interleaved_times(fns: dict[str, Callable[[], object]], *, warmup: int = 2, 
     for r in range(iters):
         order = names[r % len(names):] + names[:r % len(names)] if names else []
         for name in order:
+            if name in external:
+                times[name].append(live[name]())
+                continue
             t = time.perf_counter()
             jax.block_until_ready(live[name]())
             times[name].append(time.perf_counter() - t)
@@ -84,6 +91,25 @@ def copy_bandwidth_gbs(nbytes: int = 256 << 20, repeats: int = 5, threads: int |
     return float(np.median(rates))
 
 
+def read_bandwidth_gbs(nbytes: int = 512 << 20, repeats: int = 7, threads: int | None = None) -> float:
+    """The machine's memory read bandwidth in GB/s: numpy max-reductions (SIMD compares, no stores) over a
+    float32 buffer far larger than the last-level cache, split over all cores. The best of `repeats`:
+    the denominator of "% of read bandwidth" is what the machine can do, and other load only lowers it."""
+    threads = threads or len(os.sched_getaffinity(0))
+    src = np.ones(nbytes // 4, np.float32)
+    parts = [p for p in np.array_split(src, threads) if p.size]
+    rates = []
+    for _ in range(repeats):
+        workers = [threading.Thread(target=np.max, args=(p,)) for p in parts]
+        t = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        rates.append(src.nbytes / (time.perf_counter() - t) / 1e9)
+    return float(max(rates))
+
+
 def device_copy_bandwidth_gbs(nbytes: int = 1 << 30, repeats: int = 10) -> float:
     """An accelerator's memory bandwidth in GB/s (read + write bytes per second): a jitted elementwise
     pass over a `nbytes` float32 array that lives on the device. Median of `repeats`."""
@@ -108,6 +134,24 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+# The CPU features the kernel variants and the peer's oneDNN choose by (from /proc/cpuinfo's flags).
+_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vbmi2",
+             "avx512_vpopcntdq", "amx_tile", "amx_bf16", "sve", "asimd")
+
+
+def cpu_features() -> list[str]:
+    """Which of _FEATURES this CPU reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in _FEATURES if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def _git_commit() -> str:

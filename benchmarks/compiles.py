@@ -3,6 +3,7 @@ temperature, top_k, top_p, seed), with an 80 %-sparse OPT of random weights.
 
     python -m benchmarks.compiles               # opt-125m shapes
     python -m benchmarks.compiles --size tiny   # a 2-layer model: seconds
+    python -m benchmarks.compiles --requests 1 --dtype float16   # the first compile of a float16 model
 
 Counts every XLA backend compile in the process (jax.monitoring), so helper programs count too, and
 reports the wall time of each request (a request that compiles is slow, the others are not). Writes
@@ -48,6 +49,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="opt-125m", help="opt-125m | opt-350m | tiny")
     ap.add_argument("--sparsity", type=float, default=0.8)
+    ap.add_argument("--dtype", default="float32", help="model dtype (sparse weights: bfloat16 for float32)")
+    ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     args = ap.parse_args(argv)
 
@@ -61,13 +64,15 @@ def main(argv=None) -> int:
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compiles.append(secs) if event == BACKEND_COMPILE_EVENT else None)
     info = common.machine_info()
-    info["command"] = f"python -m benchmarks.compiles --size {args.size} --sparsity {args.sparsity}"
+    info["command"] = (f"python -m benchmarks.compiles --size {args.size} --sparsity {args.sparsity} "
+                       f"--dtype {args.dtype} --requests {args.requests}")
     cfg = OPTConfig.tiny() if args.size == "tiny" else OPTConfig.from_name(args.size)
-    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
+    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0), dtype=args.dtype)
     model.cast_embeddings("bfloat16")
     jfl.sparsify(model, args.sparsity)
     rows = []
-    for i, r in enumerate(requests(cfg.sampling_vocab_size or cfg.vocab_size, cfg.max_position_embeddings)):
+    vocab = cfg.sampling_vocab_size or cfg.vocab_size
+    for i, r in enumerate(requests(vocab, cfg.max_position_embeddings, args.requests)):
         before, start = len(compiles), time.perf_counter()
         out = jfl.generate(model, r["ids"], r["mask"], **r["kw"])
         jax.block_until_ready(out)
@@ -83,8 +88,10 @@ def main(argv=None) -> int:
     print(f"\n{total['requests']} requests: {total['compiles']} program compiles in {total['compile_s']} s "
           f"({total['requests_that_compiled']} requests compiled anything), {total['wall_s']} s in all")
     payload = {"machine": common.finish_machine_info(info), "size": args.size, "sparsity": args.sparsity,
+               "dtype": args.dtype,
                "total": total, "rows": rows}
-    stem = args.out / f"compiles_{jax.devices()[0].platform}"
+    suffix = "" if (args.dtype, args.requests) == ("float32", 20) else f"_{args.dtype}_{args.requests}"
+    stem = args.out / f"compiles_{jax.devices()[0].platform}{suffix}"
     common.write_json(stem.with_suffix(".json"), payload)
     lines = [f"# generate: program compiles over {total['requests']} varied requests", "",
              f"`{info['command']}`", "",

@@ -1,7 +1,8 @@
-"""Kernel benchmark: jax_flashllm.sparse_dense vs XLA dense (same dtype and float32) and
+"""Kernel benchmark: jax_flashllm.sparse_dense (each format) vs PyTorch dense bf16 `linear` (the CPU
+peer, in its own process: benchmarks.torch_peer), XLA dense (same dtype and float32) and
 jax.experimental.sparse BCSR, on the linear-layer shapes of OPT models.
 
-    python -m benchmarks.spmm --quick        # a few minutes on a 2-core CPU: the headline shapes
+    python -m benchmarks.spmm --quick        # the headline: 4096 x 4096 and 16384 x 4096, bf16, N 1/8/16
     python -m benchmarks.spmm                # every OPT shape for the platform, N up to 64, bf16 and fp16
 
 Writes <out>/spmm_<platform>.json (machine info + one row per shape/dtype/sparsity/N), spmm_<platform>.md
@@ -21,15 +22,17 @@ import numpy as np
 from jax.experimental import sparse as jsparse
 
 import jax_flashllm as jf
-from benchmarks import common, report
+from benchmarks import common, report, torch_peer
 from jax_flashllm import _flashllm_cpu
 from jax_flashllm.models.opt import OPTConfig
 
 CPU_SIZES = ("opt-125m", "opt-1.3b", "opt-6.7b")
 GPU_SIZES = CPU_SIZES + ("opt-13b", "opt-30b", "opt-66b", "opt-175b")
 SPARSITIES = (0.5, 0.6, 0.7, 0.8, 0.9)
+QUICK_SPARSITIES = (0.5, 0.7, 0.8, 0.9)
 NS = (1, 8, 16, 32, 64)
 QUICK_NS = (1, 8, 16)
+FORMATS = ("tiled_csl", "bitmap")
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -43,11 +46,11 @@ def layer_shapes(size: str) -> list[tuple[str, int, int]]:
 def plan(quick: bool, platform: str) -> tuple[list, tuple, tuple, tuple]:
     """(shapes, sparsities, Ns, dtypes) to run."""
     if quick:
-        # The two headline shapes (opt-6.7b's q/k/v/out and fc1) carry the targets; opt-125m's are cheap.
-        shapes = layer_shapes("opt-125m") + layer_shapes("opt-6.7b")[:2]
+        # The two headline shapes (opt-6.7b's q/k/v/out and fc1) carry the targets.
+        shapes = layer_shapes("opt-6.7b")[:2]
         if platform == "gpu":
             shapes = layer_shapes("opt-13b")[:2] + layer_shapes("opt-66b")[:2]
-        return shapes, SPARSITIES, QUICK_NS, ("bfloat16",)
+        return shapes, QUICK_SPARSITIES, QUICK_NS, ("bfloat16",)
     sizes = GPU_SIZES if platform == "gpu" else CPU_SIZES
     return [s for size in sizes for s in layer_shapes(size)], SPARSITIES, NS, tuple(DTYPES)
 
@@ -100,7 +103,8 @@ class Rotating:
 
 
 BASELINES = {
-    "sparse": "jax_flashllm.sparse_dense(x, W): Tiled-CSL in the row's dtype, fp32 accumulation",
+    "sparse": "jax_flashllm.sparse_dense(x, W): W in the row's format and dtype, fp32 accumulation",
+    "torch_bf16": "PyTorch dense bf16 torch.nn.functional.linear(x, W), W (M, K), in its own process (oneDNN)",
     "dense_same": "XLA x @ W^T, x and W in the row's dtype (bf16/fp16), W stored (K, M)",
     "dense_f32": "XLA x @ W^T in float32, W stored (K, M) (nnx.Linear's layout; the fast one on CPU)",
     "bcsr_f32": "jax.experimental.sparse BCSR (block 1x1) of W in float32, W @ x^T (its faster dtype)",
@@ -113,43 +117,54 @@ _dense_fn = jax.jit(lambda x, w_t: x @ w_t)
 _bcsr_fn = jax.jit(lambda x, w: (w @ x.T).T)
 
 
-def bench_case(rng, m, k, sparsity, dtype_name, ns, cache_bytes, copy_gbs, budget_s, with_bcsr):
-    """Rows (one per N) for one weight: times of every implementation and derived numbers."""
+def bench_case(rng, m, k, sparsity, dtype_name, ns, formats, cache_bytes, bandwidth, budget_s, with_bcsr,
+               peer=None):
+    """Rows (one per N and format) for one weight: times of every implementation, interleaved, and
+    derived numbers. `bandwidth`: {"copy": GB/s, "read": GB/s}; `peer`: a torch_peer.PeerProcess or None."""
     dtype = DTYPES[dtype_name]
     w = pruned_weight(rng, m, k, sparsity)
     np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(np.float16)
     w16 = w.astype(np_dtype)
-    sw = jax.device_put(jf.SparseMatrix.from_dense(w16))
+    sws = {fmt: jax.device_put(jf.SparseMatrix.from_dense(w16, format=fmt)) for fmt in formats}
     w16_t = np.ascontiguousarray(w16.T)  # (K, M)
     dense16, dense32 = jnp.asarray(w16_t), jnp.asarray(w16_t.astype(np.float32))
     bcsr = bcsr_from_dense(w16.astype(np.float32)) if with_bcsr else None
-    actual = sw.sparsity
+    actual = float(np.mean(w16.astype(np.float32) == 0))
     rows = []
     for n in ns:
         x = jnp.asarray(rng.standard_normal((n, k), dtype=np.float32).astype(np_dtype))
         x32 = x.astype(jnp.float32)
-        fns = {
-            "sparse": Rotating(_sparse_fn, x, sw, sw.nbytes, cache_bytes),
+        fns = {f"sparse_{fmt}": Rotating(_sparse_fn, x, sw, sw.nbytes, cache_bytes) for fmt, sw in sws.items()}
+        fns.update({
             "dense_same": Rotating(_dense_fn, x, dense16, dense16.nbytes, cache_bytes),
             "dense_f32": Rotating(_dense_fn, x32, dense32, dense32.nbytes, cache_bytes),
-        }
+        })
         if bcsr is not None:
             fns["bcsr_f32"] = Rotating(_bcsr_fn, x32, bcsr, 8 * bcsr.nse, cache_bytes)
-        times = {name: common.summarize(t) for name, t in
-                 common.interleaved_times(fns, budget_s=budget_s).items()}
-        sparse_ms = times["sparse"]["median_ms"]
-        moved = sw.nbytes + 2 * n * (k + m)  # the kernel reads W and x once, writes y once
-        speedup = {name: (t["median_ms"] / sparse_ms if t else None)
-                   for name, t in times.items() if name != "sparse"}
-        eff = moved / (sparse_ms * 1e-3) / 1e9
-        rows.append({
-            "M": m, "K": k, "N": n, "dtype": dtype_name, "sparsity": sparsity, "sparsity_actual": round(actual, 4),
-            "sparse_bytes": int(sw.nbytes), "dense_bytes": int(dense16.nbytes), "bytes_moved": int(moved),
-            "times": times, "speedup": speedup, "effective_gbs": round(eff, 2),
-            "pct_copy_bw": round(100 * eff / copy_gbs, 1),
-        })
-        print(f"  N={n:3d}  sparse {sparse_ms:8.3f} ms  " + "  ".join(
-            f"{name} {v:6.2f}x" for name, v in speedup.items() if v) + f"  {eff:6.1f} GB/s")
+        external = {}
+        if peer is not None and dtype_name == "bfloat16":
+            peer.load(m, k, n, cache_bytes)
+            external["torch_bf16"] = lambda: peer.time(1)[0]
+        samples = common.interleaved_times(fns, budget_s=budget_s, external=external)
+        times = {name: common.summarize(t) for name, t in samples.items()}
+        baselines = {name: t for name, t in times.items() if not name.startswith("sparse_")}
+        line = f"  N={n:3d} "
+        for fmt, sw in sws.items():
+            sparse_ms = times[f"sparse_{fmt}"]["median_ms"]
+            moved = sw.nbytes + 2 * n * (k + m)  # the kernel reads W and x once, writes y once
+            speedup = {name: (t["median_ms"] / sparse_ms if t else None) for name, t in baselines.items()}
+            eff = moved / (sparse_ms * 1e-3) / 1e9
+            rows.append({
+                "M": m, "K": k, "N": n, "dtype": dtype_name, "format": fmt, "sparsity": sparsity,
+                "sparsity_actual": round(actual, 4), "sparse_bytes": int(sw.nbytes),
+                "dense_bytes": int(dense16.nbytes), "bytes_moved": int(moved),
+                "times": {"sparse": times[f"sparse_{fmt}"], **baselines}, "speedup": speedup,
+                "effective_gbs": round(eff, 2), "pct_copy_bw": round(100 * eff / bandwidth["copy"], 1),
+                "pct_read_bw": round(100 * eff / bandwidth["read"], 1),
+            })
+            line += f" {fmt} {sparse_ms:7.3f} ms {eff:5.1f} GB/s " + " ".join(
+                f"{name} {v:5.2f}x" for name, v in speedup.items() if v) + " |"
+        print(line, flush=True)
     return rows
 
 
@@ -159,7 +174,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR, help="output directory")
     ap.add_argument("--budget", type=float, default=None, help="max seconds of timing per (weight, N)")
     ap.add_argument("--no-bcsr", action="store_true", help="skip the jax.experimental.sparse baseline")
-    ap.add_argument("--isa", choices=["portable", "avx2", "avx512"], help="force a CPU kernel variant")
+    ap.add_argument("--isa", choices=[name for name, _ in _flashllm_cpu.cpu_isas_built()],
+                    help="force a CPU kernel variant")
+    ap.add_argument("--formats", default=",".join(FORMATS), help="comma-separated sparse formats to time")
+    ap.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer (needs `make peer`)")
     args = ap.parse_args(argv)
 
     platform = jax.devices()[0].platform
@@ -169,23 +187,44 @@ def main(argv=None) -> int:
     budget = args.budget or (3.0 if args.quick else 6.0)
     info = common.machine_info()
     cache_bytes = last_level_cache_bytes()
-    copy_gbs = common.device_copy_bandwidth_gbs() if platform == "gpu" else common.copy_bandwidth_gbs()
-    info.update(copy_bandwidth_gbs=round(copy_gbs, 2), last_level_cache_bytes=cache_bytes,
-                command="python -m benchmarks.spmm" + (" --quick" if args.quick else ""))
-    print(f"{info['cpu']} x{info['cores']}, kernel {info['cpu_kernel_isa']}, copy bandwidth "
-          f"{copy_gbs:.1f} GB/s, load {info['load_avg_start'][0]}")
+    formats = tuple(args.formats.split(","))
+    if platform == "gpu":
+        copy_gbs = common.device_copy_bandwidth_gbs()
+        bandwidth = {"copy": copy_gbs, "read": copy_gbs}
+    else:
+        bandwidth = {"copy": common.copy_bandwidth_gbs(), "read": common.read_bandwidth_gbs()}
+    peer, why_no_peer = None, "--no-peer" if args.no_peer else None
+    if platform == "cpu" and not args.no_peer:
+        why_no_peer = torch_peer.available()
+        if why_no_peer is None:
+            peer = torch_peer.PeerProcess(threads=info["cores"])
+        else:
+            print(f"no PyTorch peer ({why_no_peer}); `make peer` installs it")
+    command = "python -m benchmarks.spmm" + (" --quick" if args.quick else "")
+    info.update(copy_bandwidth_gbs=round(bandwidth["copy"], 2), read_bandwidth_gbs=round(bandwidth["read"], 2),
+                last_level_cache_bytes=cache_bytes, formats=list(formats), command=command,
+                cpu_features=common.cpu_features(), peer=None if peer is None else "starting",
+                no_peer_reason=why_no_peer)
+    print(f"{info['cpu']} x{info['cores']} ({' '.join(info['cpu_features'])}), kernel {info['cpu_kernel_isa']}, "
+          f"copy {bandwidth['copy']:.1f} GB/s, read {bandwidth['read']:.1f} GB/s, load {info['load_avg_start'][0]}")
     rng = np.random.default_rng(0)
     rows = []
     stem = args.out / f"spmm_{platform}"
-    for dtype_name in dtypes:
-        for label, m, k in shapes:
-            for sparsity in sparsities:
-                print(f"{label} ({m} x {k}) {dtype_name} sparsity {sparsity:.0%}", flush=True)
-                for row in bench_case(rng, m, k, sparsity, dtype_name, ns, cache_bytes, copy_gbs, budget,
-                                      with_bcsr=not args.no_bcsr):
-                    rows.append({"layer": label, **row})
-            # Rows so far, after every shape: a run cut short by a time limit (gpu-check) keeps them.
-            common.write_json(stem.with_suffix(".json"), {"machine": info, "baselines": BASELINES, "rows": rows})
+    try:
+        for dtype_name in dtypes:
+            for label, m, k in shapes:
+                for sparsity in sparsities:
+                    print(f"{label} ({m} x {k}) {dtype_name} sparsity {sparsity:.0%}", flush=True)
+                    for row in bench_case(rng, m, k, sparsity, dtype_name, ns, formats, cache_bytes, bandwidth,
+                                          budget, with_bcsr=not args.no_bcsr, peer=peer):
+                        rows.append({"layer": label, **row})
+                    if peer is not None:
+                        info["peer"] = {k_: peer.info.get(k_) for k_ in ("torch", "threads")}
+                # Rows so far, after every shape: a run cut short by a time limit (gpu-check) keeps them.
+                common.write_json(stem.with_suffix(".json"), {"machine": info, "baselines": BASELINES, "rows": rows})
+    finally:
+        if peer is not None:
+            peer.close()
     info = common.finish_machine_info(info)
     payload = {"machine": info, "baselines": BASELINES, "rows": rows}
     common.write_json(stem.with_suffix(".json"), payload)

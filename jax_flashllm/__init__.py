@@ -7,6 +7,7 @@ and tqdm) load on first use, so ``import jax_flashllm`` stays cheap for users of
 import importlib
 
 from jax_flashllm import _constants as constants
+from jax_flashllm import formats
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense
 
@@ -26,7 +27,7 @@ _LAZY = {
     "stream": ("jax_flashllm.generation", "stream"),
 }
 
-__all__ = ["SparseMatrix", "constants", "sparse_dense", *_LAZY]
+__all__ = ["SparseMatrix", "constants", "formats", "sparse_dense", *_LAZY]
 
 
 def __getattr__(name: str):

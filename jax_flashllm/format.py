@@ -190,7 +190,8 @@ class SparseMatrix:
         if dtype is None:
             dtype = w.dtype if w.dtype.name in _STORAGE_DTYPES else _STORAGE_DTYPES["bfloat16"]
         dtype = _storage_dtype(dtype)
-        stored = w.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):  # overflow is reported below, with counts
+            stored = w.astype(dtype, copy=False)
         if not allow_overflow and stored is not w:
             _check_overflow(w, stored, dtype)
         bits = stored.view(np.uint16)
@@ -221,11 +222,9 @@ class SparseMatrix:
 
     def to_dense(self) -> jax.Array:
         """The dense (M, K) matrix in the storage dtype (a jax array; works under jit)."""
-        mp, kp = self.padded_shape
-        rows, cols, valid = self.entry_coords()
-        rows = jnp.where(valid, rows, mp)  # padding values go out of bounds and are dropped
-        dense = jnp.zeros((mp, kp), self.values.dtype).at[rows, cols].set(self.values, mode="drop",
-                                                                          unique_indices=True)
+        mt, kt = self.tiles
+        tiles = jnp.asarray(F.get(self.format).dense_tiles(self.values, self.index, self.tile_offsets, mt * kt))
+        dense = tiles.reshape(mt, kt, C.TILE_M, C.TILE_K).transpose(0, 2, 1, 3).reshape(mt * C.TILE_M, -1)
         return dense[: self.shape[0], : self.shape[1]]
 
     # --- validation ---------------------------------------------------------------------------------

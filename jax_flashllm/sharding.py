@@ -10,11 +10,11 @@ all-reduce per pair, and no device ever holds or gathers another device's weight
 
 Every shard is an independent, valid matrix of w's format (its own tiles and tile_offsets). To stack the S
 encodings into one array with a leading shard axis, each is padded to the largest value count with zeros in
-its tiles — the last tile first, then the one before it when the last is full: Tiled-CSL entries at *unused
-locations* (zero positions, never duplicates), bitmap tile padding that no bit references. Every tile count
-stays a multiple of NNZ_ALIGN, so ``validate()`` passes for every shard and the kernels read the padding as
-zeros or not at all. Room always suffices: the shards have equal tile grids, so the largest shard fits in any
-shard's tiles.
+its tiles — the last tile first, then the one before it when the last is full — stored as explicit zeros at
+zero positions: Tiled-CSL entries at *unused locations* (never duplicates), bitmap bits set for zero elements.
+Every tile count stays a multiple of NNZ_ALIGN, so ``validate()`` passes for every shard and the kernels read
+the padding as ordinary zeros. Room always suffices: the shards have equal tile grids and shapes, so the
+largest shard fits in any shard's tiles.
 
 On top of that: ``ShardedSparseLinear`` (a SparseLinear holding a ShardedSparseMatrix), ``shard_linear`` (one
 nnx.Linear or SparseLinear made tensor-parallel; dense kernels are placed with NamedSharding and left to XLA's
@@ -111,13 +111,13 @@ def pad_entries(w: SparseMatrix, entries: int) -> SparseMatrix:
     """The same matrix stored with exactly ``entries`` values (a multiple of NNZ_ALIGN, >= w's count).
 
     The extra values are zeros given to the last tile until it is full, then to the tile before it, and so
-    on: for Tiled-CSL at locations unused in their tile (zero positions), for the bitmap format as tile
-    padding no bit references (the dense format is never padded: equal grids store equal counts). The
-    result passes ``validate()``.
+    on, at zero positions of the logical matrix: Tiled-CSL entries at locations unused in their tile, bitmap
+    bits set for explicitly stored zeros (the dense format is never padded: equal grids store equal counts).
+    The result passes ``validate()``.
     """
     values, index, offsets = (_host(a) for a in (w.values, w.index, w.tile_offsets))
     bits, index, offsets = _formats.get(w.format).pad(values.view(np.uint16), index, offsets,
-                                                      entries - values.shape[0])
+                                                      entries - values.shape[0], w.shape)
     return SparseMatrix._unchecked(bits.view(values.dtype), index, offsets, w.shape, w.dtype, w.format)
 
 

@@ -64,12 +64,12 @@ def _check_matmul(y, x, w, bias, roundings):
     assert worst <= bound, f"max error {worst:.3g} exceeds {bound:.3g}"
 
 
-def _layer_case(kind, size, dtype, m=300, k=384, lead=(3, 5), seed=0, axis_type=AxisType.Auto):
+def _layer_case(kind, size, dtype, m=300, k=384, lead=(3, 5), seed=0, axis_type=AxisType.Auto, format="auto"):
     rng = np.random.default_rng(seed)
     w = random_sparse(rng, (m, k), 0.8, dtype)
     x = rng.standard_normal((*lead, k)).astype(dtype)
     b = rng.standard_normal(m).astype(dtype)
-    sw = shard_sparse(jf.SparseMatrix.from_dense(w), _mesh(size, axis_type), "tp", kind)
+    sw = shard_sparse(jf.SparseMatrix.from_dense(w, format=format), _mesh(size, axis_type), "tp", kind)
     y = jax.jit(jf.sparse_dense)(x, sw, b)
     # Column-parallel: each output comes whole from one device, the unsharded bound holds. Row-parallel: each
     # of the `size` partials is rounded to x's dtype once before the float32 psum, the sum once more.
@@ -94,17 +94,26 @@ def row_parallel_matches_reference():
 
 
 @case
+def every_format_matches_reference_on_both_splits():
+    for format in jf.formats.kernel_formats():
+        for kind, shape in (("column", dict(m=300)), ("row", dict(k=400))):  # shards off the tile grid
+            sw, _ = _layer_case(kind, 2, DTYPES[1], format=format, **shape)
+            assert sw.format == format and all(sw.shard(i).format == format for i in range(2))
+
+
+@case
 def shards_are_valid_and_round_trip():
     rng = np.random.default_rng(1)
     # Uneven density: shard 0 is far denser, so the others need many padding entries.
     w = random_sparse(rng, (256, 512), 0.9, DTYPES[1])
     w[:64] = rng.standard_normal((64, 512)).astype(DTYPES[1])
-    s = jf.SparseMatrix.from_dense(w)
-    for kind in ("column", "row"):
-        sw = shard_sparse(s, _mesh(4), "tp", kind).validate()
-        assert sw.values.shape[0] == 4 and sw.values.sharding.spec[0] == "tp"
-        np.testing.assert_array_equal(np.asarray(sw.to_dense()), np.asarray(s.to_dense()))
-        assert sum(sw.shard(i).nnz for i in range(4)) == s.nnz
+    for format in jf.formats.NAMES:
+        s = jf.SparseMatrix.from_dense(w, format=format)
+        for kind in ("column", "row"):
+            sw = shard_sparse(s, _mesh(4), "tp", kind).validate()
+            assert sw.values.shape[0] == 4 and sw.values.sharding.spec[0] == "tp"
+            np.testing.assert_array_equal(np.asarray(sw.to_dense()), np.asarray(s.to_dense()))
+            assert sum(sw.shard(i).nnz for i in range(4)) == s.nnz, (format, kind)
 
 
 @case
@@ -122,7 +131,8 @@ def validate_and_to_dense_fetch_each_array_once():
         sharding._host = host
     offsets = np.asarray(sw.tile_offsets).copy()
     offsets[2, 1] += 8  # shard 2's first tile overlaps its second
-    bad = ShardedSparseMatrix(sw.values, sw.index, offsets, sw.shape, sw.dtype, sw.kind, sw.mesh, sw.axis)
+    bad = ShardedSparseMatrix(sw.values, sw.index, offsets, sw.shape, sw.dtype, sw.kind, sw.mesh, sw.axis,
+                              sw.format)
     try:
         bad.validate()
     except ValueError as e:

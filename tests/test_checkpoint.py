@@ -201,3 +201,54 @@ def test_load_model_walks_the_graph_once_for_all_sparse_layers(tmp_path, monkeyp
     monkeypatch.setattr(nnx, "iter_graph", lambda *a, **k: walks.append(1) or walk(*a, **k))
     loaded = load_model(tmp_path / "m")
     assert isinstance(loaded.layers[1].fc2, SparseLinear) and len(walks) == 1
+
+
+@pytest.mark.parametrize("format", ["tiled_csl", "bitmap", "dense", "auto"])
+def test_save_and_load_every_format(tmp_path, format):
+    from jax_flashllm import formats
+
+    if format not in formats.kernel_formats() + ("auto",):
+        pytest.skip(f"this build's kernels do not multiply the {format} format")
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.6, include="fc", format=format)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    for a, b in ((model.layers[0].fc1, loaded.layers[0].fc1), (model.layers[1].fc2, loaded.layers[1].fc2)):
+        assert b.format == a.format and (format == "auto" or b.format == format)
+        np.testing.assert_array_equal(np.asarray(b.index[...]), np.asarray(a.index[...]))
+    np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))
+
+
+def test_checkpoints_of_release_0_1_still_load(tmp_path):
+    """Files saved before formats had names: format "jax_flashllm.opt/1", sparse layers' index tensors
+    called "locations" and their specs carrying "version": 1 instead of a format name."""
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.7, include="fc1", format="tiled_csl")
+    save_model(model, tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    with safe_open(path, "numpy") as f:
+        meta = f.metadata()
+    tensors = {(k[: -len("index")] + "locations" if k.endswith("fc1.index") else k): v
+               for k, v in load_file(path).items()}
+    specs = json.loads(meta["sparse_layers"])
+    for spec in specs.values():
+        spec["version"] = 1
+        del spec["format"]
+    save_file(tensors, path, metadata={**meta, "format": "jax_flashllm.opt/1", "sparse_layers": json.dumps(specs)})
+    loaded = load_model(tmp_path / "m")
+    assert loaded.layers[0].fc1.format == "tiled_csl"
+    np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(model(IDS)))
+
+
+def test_load_model_validates_bitmap_layers(tmp_path):
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.5, include="fc1", format="bitmap")
+    save_model(model, tmp_path / "m")
+
+    def set_reserved_word(index):
+        index[3] = 7  # tile 0's reserved header word
+        return index
+
+    _tamper(tmp_path / "m", "layers.1.fc1.index", set_reserved_word)
+    with pytest.raises(CheckpointError, match="layers.1.fc1 is not a valid bitmap matrix.*reserved header"):
+        load_model(tmp_path / "m")

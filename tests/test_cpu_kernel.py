@@ -14,15 +14,6 @@ from reference import DTYPES, assert_close_to_reference, random_sparse
 ISAS = _flashllm_cpu.cpu_isas()
 
 
-@pytest.fixture(params=ISAS)
-def isa(request):
-    """Runs the test body with one instruction-set variant active, then restores the default."""
-    before = _flashllm_cpu.cpu_isa()
-    assert _flashllm_cpu.set_cpu_isa(request.param)
-    yield request.param
-    _flashllm_cpu.set_cpu_isa(before)
-
-
 def _run(x, s):
     # A fresh jit per call: the variant is read when the kernel runs, not when it is traced, but a
     # cached executable must not hide that.

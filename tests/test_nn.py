@@ -172,3 +172,20 @@ def test_sparsify_and_densify_walk_the_graph_once(monkeypatch):
     assert len(report.layers) > 2 and len(calls) == 1
     densify(model)
     assert len(calls) == 2
+
+
+def test_sparsify_in_each_format_and_auto():
+    from jax_flashllm import formats
+
+    for format in ("tiled_csl", "bitmap", "dense"):
+        model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+        report = sparsify(model, 0.5, format=format)
+        layers = [m for _, m in nnx.iter_graph(model) if isinstance(m, SparseLinear)]
+        assert layers and all(m.format == format and m.weight.format == format for m in layers)
+        assert report.sparse_bytes == sum(m.weight.nbytes for m in layers)
+    model = OPTForCausalLM(OPTConfig.tiny(), rngs=nnx.Rngs(0))
+    sparsify(model, 0.5)  # "auto": the format with the fewest bytes the kernels take
+    w = model.layers[0].fc1.weight
+    candidates = {f: SparseMatrix.from_dense(np.asarray(w.to_dense()), format=f).nbytes
+                  for f in formats.kernel_formats()}
+    assert w.nbytes == min(candidates.values())

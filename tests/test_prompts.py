@@ -55,15 +55,18 @@ def test_bad_masks(mask, match):
 def test_right_padding_is_moved_left_and_buckets():
     r = prepare([[5, 6, 1, 1], [7, 8, 9, 10], [11, 1, 1, 1]], [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], 5, **KW)
     np.testing.assert_array_equal(r.prompt, [[1, 1, 5, 6], [7, 8, 9, 10], [1, 1, 1, 11]])
-    assert r.input_ids.shape == (4, 8) and r.batch == 3 and r.new_slots == 16 and r.max_new_tokens == 5
+    # prompt bucket 32 and new-token bucket 64, clamped to the 64 positions: 32 + 32
+    assert r.input_ids.shape == (4, 32) and r.batch == 3 and r.new_slots == 32 and r.max_new_tokens == 5
     np.testing.assert_array_equal(r.valid[:3].sum(axis=1), [2, 4, 1])
     np.testing.assert_array_equal(r.input_ids[0, -4:], [1, 1, 5, 6])
-    assert r.valid[3].tolist() == [False] * 7 + [True]  # the filler row attends to one pad token
+    assert r.valid[3].tolist() == [False] * 31 + [True]  # the filler row attends to one pad token
     # all-padding columns are trimmed before bucketing: a 20-wide left-padded batch of 3-token prompts
     ids = np.ones((1, 20), np.int32)
     ids[0, -3:] = [5, 6, 7]
-    assert prepare(ids, (ids != 1).astype(int), 4, **KW).input_ids.shape == (1, 8)
-    # clamped: prompt 40 + 20 new fits 64 positions, the buckets 64 + 32 would not
+    assert prepare(ids, (ids != 1).astype(int), 4, **dict(KW, max_positions=2048)).input_ids.shape == (1, 32)
+    r = prepare(ids, None, 70, **dict(KW, vocab_size=96, max_positions=2048))
+    assert r.input_ids.shape == (1, 32) and r.new_slots == 128
+    # clamped: prompt 40 + 20 new fits 64 positions, the buckets 64 + 64 would not
     r = prepare(np.full((1, 40), 5), None, 20, **KW)
     assert r.input_ids.shape[1] + r.new_slots <= 64 and r.new_slots >= 20 and r.input_ids.shape[1] >= 40
     assert [bucket(n, 8) for n in (1, 8, 9, 100)] == [8, 8, 16, 128]

@@ -12,12 +12,12 @@ M, K = 200, 150
 
 
 @pytest.fixture(params=DTYPES, ids=lambda d: d.name)
-def case(request):
+def case(request, kernel_format):
     dtype = request.param
     rng = np.random.default_rng(0)
     w = random_sparse(rng, (M, K), 0.75, dtype)
     x = rng.standard_normal((6, K)).astype(dtype)
-    return w, jf.SparseMatrix.from_dense(w, format="tiled_csl"), x
+    return w, jf.SparseMatrix.from_dense(w, format=kernel_format), x
 
 
 def test_jit_equals_eager(case):
@@ -38,7 +38,7 @@ def test_vmap_over_activations_folds_into_n(case):
 def test_vmap_over_weights(case):
     w, s, x = case
     w2 = (w.astype(np.float32) * 2).astype(w.dtype)
-    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s, jf.SparseMatrix.from_dense(w2))
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), s, jf.SparseMatrix.from_dense(w2, format=s.format))
     y = jax.vmap(lambda wi: jf.sparse_dense(x, wi))(stacked)
     assert_close_to_reference(y[0], x, w)
     assert_close_to_reference(y[1], x, w2)
@@ -61,12 +61,13 @@ def test_grad_wrt_values_is_the_sampled_product(case):
     w, s, x = case
     gy = np.random.default_rng(1).standard_normal((6, M)).astype(np.float32)
     gv = jax.grad(lambda v: jnp.sum(jf.sparse_dense(x, s.replace_values(v)).astype(jnp.float32) * gy))(s.values)
-    rows, cols, _ = (np.asarray(a) for a in s.entry_coords())
-    inside = (rows < M) & (cols < K)
+    rows, cols, valid = (np.asarray(a) for a in s.entry_coords())
+    inside = valid & (rows < M) & (cols < K)
     ref = np.einsum("np,np->p", gy[:, rows[inside]].astype(np.float64), x[:, cols[inside]].astype(np.float64))
     got = np.asarray(gv, np.float64)[inside]
     assert np.abs(got - ref).max() <= 1e-2 * np.abs(ref).max()
-    # The padded positions outside (M, K) see zero activations / cotangents.
+    # The padded positions outside (M, K) see zero activations / cotangents; bitmap padding values stand
+    # for no position and get no gradient.
     assert not np.asarray(gv, np.float64)[~inside].any()
 
 
@@ -81,7 +82,8 @@ def test_jvp_is_bilinear(case):
 
 def test_inside_jitted_while_loop_and_scan(case):
     w, s, x = case
-    sq = jf.SparseMatrix.from_dense(random_sparse(np.random.default_rng(2), (K, K), 0.8, x.dtype) * 0.05)
+    sq = jf.SparseMatrix.from_dense(random_sparse(np.random.default_rng(2), (K, K), 0.8, x.dtype) * 0.05,
+                                    format=s.format)
 
     @jax.jit
     def loop(x0, s):

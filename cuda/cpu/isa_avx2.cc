@@ -1,4 +1,4 @@
-// The CPU kernel for x86-64 with AVX2 + FMA + F16C (Haswell / Zen 1 and later): 8 floats per vector.
+// The CPU kernel for x86-64 with AVX2 + FMA + F16C + POPCNT (Haswell / Zen 1 and later): 8 floats per vector.
 // Only this file's functions are compiled for that target (pragma below, no -m flags), and spmm_cpu.cc
 // calls them only after __builtin_cpu_supports says the CPU has it: one build runs on any x86-64.
 #if defined(__x86_64__)  // the whole file: other targets build only the portable variant
@@ -13,10 +13,10 @@
 #include "flashllm/format.h"
 
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c,popcnt"))), apply_to = function)
 #else
 #pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
+#pragma GCC target("avx2,fma,f16c,popcnt")
 #endif
 
 namespace flashllm::cpu::avx2 {
@@ -25,6 +25,12 @@ namespace {
 #include "cpu/x86_vec.inc"
 
 #include "cpu/no_dense_bf16.inc"
+
+#include "cpu/tile_source.inc"
+
+void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t* words, uint16_t* tile) {
+  expand_bitmap_tile_rows(v, v_end, words, tile);
+}
 
 #include "cpu/tile_kernel.inc"
 

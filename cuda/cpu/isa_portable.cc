@@ -50,7 +50,23 @@ int row_prefix(const uint16_t* rows, int r) {
   return n;
 }
 
+int expand_row8(const uint16_t* v, const uint16_t*, unsigned bits, uint16_t* out) {
+  int taken = 0;
+  for (int j = 0; j < 8; ++j) {
+    const bool on = (bits >> j) & 1u;
+    out[j] = on ? v[taken] : uint16_t(0);
+    taken += on;
+  }
+  return taken;
+}
+
 #include "cpu/no_dense_bf16.inc"
+
+#include "cpu/tile_source.inc"
+
+void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t* words, uint16_t* tile) {
+  expand_bitmap_tile_rows(v, v_end, words, tile);
+}
 
 #include "cpu/tile_kernel.inc"
 

@@ -5,6 +5,15 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <limits>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "cpu/staged.h"
 #include "flashllm/format.h"
@@ -14,25 +23,68 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-bool cpu_has(Isa isa) {
+constexpr Isa kAllIsas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512, Isa::kAmx};
+
 #if defined(__x86_64__)
-  switch (isa) {
-    case Isa::kPortable: return true;
-    case Isa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
-    case Isa::kAvx512:
-      return cpu_has(Isa::kAvx2) && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512vl");
-  }
-  return false;
+// AMX-TILE and AMX-BF16: CPUID leaf 7, sub-leaf 0, EDX bits 24 and 22 (GCC 12's __builtin_cpu_supports
+// does not know them).
+bool cpuid_has_amx_bf16() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  return ((d >> 24) & 1u) && ((d >> 22) & 1u);
+}
+#endif
+
+// Linux hands out the 8 KB AMX tile-data state only to processes that ask (once, for all threads);
+// without it the first tile instruction faults.
+bool os_grants_amx() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool granted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023;
+    constexpr long kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return granted;
 #else
-  return isa == Isa::kPortable;
+  return false;
 #endif
 }
 
+// "" when this CPU runs the variant, else the features it lacks.
+std::string missing_features(Isa isa) {
+  std::string missing;
+#if defined(__x86_64__)
+  const auto need = [&](bool has, const char* name) {
+    if (!has) missing += (missing.empty() ? "" : ", ") + std::string(name);
+  };
+  switch (isa) {
+    case Isa::kPortable: break;
+    case Isa::kAmx:
+      need(cpuid_has_amx_bf16(), "amx-tile/amx-bf16");
+      need(__builtin_cpu_supports("avx512bf16"), "avx512bf16");
+      if (missing.empty()) need(os_grants_amx(), "the OS's AMX permission (arch_prctl ARCH_REQ_XCOMP_PERM)");
+      [[fallthrough]];
+    case Isa::kAvx512:
+      need(__builtin_cpu_supports("avx512f"), "avx512f");
+      need(__builtin_cpu_supports("avx512vl"), "avx512vl");
+      [[fallthrough]];
+    case Isa::kAvx2:
+      need(__builtin_cpu_supports("avx2"), "avx2");
+      need(__builtin_cpu_supports("fma"), "fma");
+      need(__builtin_cpu_supports("f16c"), "f16c");
+      need(__builtin_cpu_supports("popcnt"), "popcnt");
+      break;
+  }
+#else
+  if (isa != Isa::kPortable) missing = "an x86-64 CPU";
+#endif
+  return missing;
+}
+
+bool cpu_has(Isa isa) { return missing_features(isa).empty(); }
+
 bool parse_isa(const std::string& name, Isa* isa) {
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa i : kAllIsas) {
     if (name == isa_name(i)) {
       *isa = i;
       return true;
@@ -64,7 +116,8 @@ struct IsaOps {
 
 IsaOps ops_for(Isa isa) {
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512) return {avx512::max_chunk, avx512::padded_width, avx512::run_task};
+  // amx runs the avx512 code, whose dense-tile multiply checks the active variant.
+  if (isa == Isa::kAvx512 || isa == Isa::kAmx) return {avx512::max_chunk, avx512::padded_width, avx512::run_task};
   if (isa == Isa::kAvx2) return {avx2::max_chunk, avx2::padded_width, avx2::run_task};
 #endif
   (void)isa;
@@ -104,13 +157,23 @@ const char* isa_name(Isa isa) {
     case Isa::kPortable: return "portable";
     case Isa::kAvx2: return "avx2";
     case Isa::kAvx512: return "avx512";
+    case Isa::kAmx: return "amx";
   }
   return "?";
 }
 
+std::vector<std::pair<std::string, std::string>> all_isas() {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (Isa i : kAllIsas) {
+    const std::string missing = missing_features(i);
+    out.emplace_back(isa_name(i), missing.empty() ? "" : "this CPU lacks " + missing);
+  }
+  return out;
+}
+
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
-  for (Isa i : {Isa::kPortable, Isa::kAvx2, Isa::kAvx512})
+  for (Isa i : kAllIsas)
     if (cpu_has(i)) out.push_back(i);
   return out;
 }
@@ -124,8 +187,27 @@ bool set_active_isa(const std::string& name) {
   return true;
 }
 
+std::vector<int> supported_formats() { return {kFormatTiledCsl, kFormatBitmap, kFormatDense}; }
+
 std::string check_problem(const SpmmProblem& p) {
   const int64_t tiles = ceil_div(p.m, kTileM) * ceil_div(p.k, kTileK);
+  const auto expect_index = [&](int64_t want, const char* what) -> std::string {
+    if (p.index_count == want) return {};
+    return std::string("the index must hold ") + std::to_string(want) + " " + what + ", got " + std::to_string(p.index_count);
+  };
+  std::string why;
+  switch (p.format) {
+    case kFormatTiledCsl: why = expect_index(p.num_entries, "uint16 locations (one per value)"); break;
+    case kFormatBitmap: why = expect_index(tiles * kBitmapWordsPerTile, "uint32 words (tiles * 260)"); break;
+    case kFormatDense:
+      why = expect_index(0, "words (the dense format has no index)");
+      for (int64_t t = 0; why.empty() && t <= tiles; ++t)
+        if (p.tile_offsets[t] != t * kTileElems)
+          why = "dense tile_offsets must be t * " + std::to_string(kTileElems) + " (tile " + std::to_string(t) + ")";
+      break;
+    default: return "unknown format id " + std::to_string(p.format);
+  }
+  if (!why.empty()) return why;
   if (p.tile_offsets[0] != 0) return "tile_offsets[0] must be 0";
   for (int64_t t = 0; t < tiles; ++t) {
     if (p.tile_offsets[t + 1] < p.tile_offsets[t])
@@ -137,12 +219,13 @@ std::string check_problem(const SpmmProblem& p) {
   return {};
 }
 
-void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
-  if (p.n == 0 || p.m == 0) return;
+std::string spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) {
+  if (p.n == 0 || p.m == 0) return {};
   const IsaOps ops = ops_for(active_isa());
   const int64_t max_chunk = ops.max_chunk();
   const int64_t k_pad = ceil_div(p.k, kTileK) * kTileK;
-  const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk};
+  std::atomic<int64_t> bad_tile{std::numeric_limits<int64_t>::max()};
+  const Staged s{&p, stage_x(p, ops, k_pad, max_chunk), k_pad, max_chunk, &bad_tile};
   const int64_t tiles_m = ceil_div(p.m, kTileM);
   const int64_t chunks = ceil_div(p.n, max_chunk);
   // A helper only pays off with enough work to amortize waking it (and, on a loaded machine, waiting
@@ -155,6 +238,10 @@ void spmm(const SpmmProblem& p, int64_t num_workers, const Scheduler& schedule) 
   // Chunks of one tile row are adjacent task ids, so a worker re-reads that row's entries from cache.
   parallel_for(tiles_m * chunks, workers, schedule,
                [&](int64_t task) { ops.run_task(s, task / chunks, task % chunks); });
+  const int64_t bad = bad_tile.load();
+  if (bad == std::numeric_limits<int64_t>::max()) return {};
+  return "bitmap tile " + std::to_string(bad) +
+         ": its bits disagree with its value count (tile_offsets) or its slab offsets (header words)";
 }
 
 }  // namespace flashllm::cpu

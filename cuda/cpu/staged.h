@@ -2,6 +2,7 @@
 // transposed and cut into column chunks. ISA-neutral: no intrinsics here.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "cpu/spmm_cpu.h"
@@ -18,6 +19,7 @@ struct Staged {
   const float* xt;
   int64_t k_pad;
   int64_t max_chunk;
+  std::atomic<int64_t>* bad_tile;  // the lowest malformed bitmap tile seen (tile_source.inc), else INT64_MAX
 };
 
 // Every instruction-set variant (namespaces portable, avx2, avx512; isa_*.cc) implements:

@@ -1,4 +1,5 @@
-// XLA FFI handler "flashllm_spmm_cpu": unpack and check buffers, run the CPU kernel, report errors.
+// XLA FFI handler "flashllm_spmm_cpu": unpack and check buffers, run the CPU kernel for the matrix's
+// format, report errors.
 #include "ffi/cpu_handler.h"
 
 #include <string>
@@ -20,23 +21,25 @@ ffi::Error FlashllmSpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
   int64_t n = 0;
   if (std::string why = check_spmm_buffers(x, values, index, tile_offsets, *y, m, k, format, n); !why.empty())
     return ffi::Error::InvalidArgument("flashllm_spmm_cpu: " + why);
-  if (format != kFormatTiledCsl)
-    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: format " + std::to_string(format) +
-                                       " is not implemented by this CPU kernel build (Tiled-CSL only)");
   const auto dtype = x.element_type();
 
   cpu::SpmmProblem p{static_cast<const uint16_t*>(x.untyped_data()),
                      static_cast<const uint16_t*>(values.untyped_data()),
-                     static_cast<const uint16_t*>(index.untyped_data()),
+                     format == kFormatTiledCsl ? static_cast<const uint16_t*>(index.untyped_data()) : nullptr,
+                     format == kFormatBitmap ? static_cast<const uint32_t*>(index.untyped_data()) : nullptr,
                      tile_offsets.typed_data(),
                      static_cast<uint16_t*>(y->untyped_data()),
                      m, k, n,
                      int64_t(values.element_count()),
-                     dtype == ffi::BF16 ? cpu::Dtype::kBFloat16 : cpu::Dtype::kFloat16};
-  if (std::string why = cpu::check_problem(p); !why.empty())
-    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: malformed SparseMatrix: " + why);
+                     int64_t(index.element_count()),
+                     dtype == ffi::BF16 ? cpu::Dtype::kBFloat16 : cpu::Dtype::kFloat16,
+                     int(format)};
+  if (std::string bad = cpu::check_problem(p); !bad.empty())
+    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: malformed SparseMatrix: " + bad);
   const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  cpu::spmm(p, workers, [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); });
+  if (std::string bad = cpu::spmm(p, workers, [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); });
+      !bad.empty())
+    return ffi::Error::InvalidArgument("flashllm_spmm_cpu: malformed SparseMatrix: " + bad);
   return ffi::Error::Success();
 }
 
@@ -48,11 +51,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FlashllmSpmmCpu, flashllm::FlashllmSpmmCpuImpl,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::AnyBuffer>()         // x (N, K)
                                   .Arg<ffi::AnyBuffer>()         // values (P,)
-                                  .Arg<ffi::AnyBuffer>()         // index (per format)
+                                  .Arg<ffi::AnyBuffer>()         // index: locations (P,) u16 | bitmap (T * 260,) u32 | (0,) u32
                                   .Arg<ffi::Buffer<ffi::S32>>()  // tile_offsets (T + 1,)
                                   .Ret<ffi::AnyBuffer>()         // y (N, M)
                                   .Ret<ffi::AnyBuffer>()         // split-K workspace (unused on CPU)
                                   .Attr<int64_t>("m")
                                   .Attr<int64_t>("k")
                                   .Attr<int64_t>("split_k")
-                                  .Attr<int64_t>("format"));     // format id (format.h)
+                                  .Attr<int64_t>("format"));      // format id (flashllm/format.h)

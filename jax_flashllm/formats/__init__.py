@@ -7,6 +7,7 @@ Each format module defines:
   index_shape(tiles, num_values), stored_bytes(counts) (bytes for given per-tile nonzero counts),
   encode(bits (M, K) uint16) -> (value bits, index, tile_offsets),
   entry_coords(index, tile_offsets, num_values, tiles) -> (tile, row, col, valid | None) in jnp,
+  dense_tiles(values, index, tile_offsets, tiles) -> (T, TILE_ELEMS) row-major tiles in jnp,
   validate(value_bits, index, counts, shape) (after the shared checks) and pad(...).
 Everything else (SparseMatrix, the primitive, layers, sharding) looks a format up here once.
 """

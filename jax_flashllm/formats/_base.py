@@ -72,13 +72,14 @@ def tile_of_values(counts: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(counts.shape[0], dtype=np.int64), counts)
 
 
-def pad_plan(counts: np.ndarray, extra: int) -> np.ndarray:
-    """How many zero values each tile gets so that `extra` more are stored: the last tile is filled to
-    TILE_ELEMS first, then the one before it. Used to stack shards of different lengths."""
-    room = (C.TILE_ELEMS - counts)[::-1]  # every room is a multiple of NNZ_ALIGN
+def pad_plan(counts: np.ndarray, room: np.ndarray, extra: int) -> np.ndarray:
+    """How many more values each tile stores so that `extra` more are stored in all: the last tile takes
+    up to its `room` (a multiple of NNZ_ALIGN) first, then the one before it. Used to stack shards of
+    different lengths."""
     if extra < 0 or extra % C.NNZ_ALIGN or extra > int(room.sum()):
         raise ValueError(f"cannot pad {int(counts.sum())} values by {extra}: need a multiple of {C.NNZ_ALIGN} "
-                         f"that fits in the {counts.shape[0] * C.TILE_ELEMS} positions of {counts.shape[0]} tiles")
+                         f"up to the {int(room.sum())} more that {counts.shape[0]} tiles can hold")
+    room = room[::-1]
     before = np.cumsum(room) - room
     return np.clip(extra - before, 0, room)[::-1]
 
@@ -90,21 +91,32 @@ def insert_at_tile_ends(a: np.ndarray, offsets: np.ndarray, add: np.ndarray, fil
 
 
 # --- the bitmap / dense value order (format.h: tile -> slab -> k step -> A fragment -> block -> bit) ---
-def to_block_order(padded: np.ndarray) -> np.ndarray:
-    """(M_pad, K_pad) -> (T, TILE_ELEMS): each row one tile, its elements in C.BLOCK_ORDER.
+def to_block_order(padded: np.ndarray, spare: int = 0) -> np.ndarray:
+    """(M_pad, K_pad) -> (T, TILE_ELEMS + spare): each row one tile, its elements in C.BLOCK_ORDER, then
+    `spare` zeros (room for a tile's padding, so callers need no second copy).
 
-    One reshape + transpose instead of a gather: the row index splits as (slab, fragment, 8-row half,
-    row in block) and the column as (k step, 8-col half, col in block); block order is slab, k step,
-    fragment, then register a0..a3 = (col half, row half), then bit order (row, col) in the block."""
+    One strided copy instead of a gather: the row index splits as (slab, fragment, 8-row half, row in
+    block) and the column as (k step, 8-col half, col in block); block order is slab, k step, fragment,
+    then register a0..a3 = (col half, row half), then bit order (row, col) in the block."""
     mp, kp = padded.shape
     mt, kt = mp // C.TILE_M, kp // C.TILE_K
     a = padded.reshape(mt, C.SLABS_PER_TILE, C.FRAGS_PER_SLAB, C.FRAG_ROWS // C.BLOCK_ROWS, C.BLOCK_ROWS,
                        kt, C.K_STEPS_PER_TILE, C.K_STEP // C.BLOCK_COLS, C.BLOCK_COLS)
-    return a.transpose(0, 5, 1, 6, 2, 7, 3, 4, 8).reshape(mt * kt, C.TILE_ELEMS)
+    out = np.zeros((mt * kt, C.TILE_ELEMS + spare), padded.dtype)
+    view = out[:, :C.TILE_ELEMS].reshape(mt, kt, C.SLABS_PER_TILE, C.K_STEPS_PER_TILE, C.FRAGS_PER_SLAB,
+                                         C.K_STEP // C.BLOCK_COLS, C.FRAG_ROWS // C.BLOCK_ROWS, C.BLOCK_ROWS,
+                                         C.BLOCK_COLS)
+    np.copyto(view, a.transpose(0, 5, 1, 6, 2, 7, 3, 4, 8))
+    return out
 
 
 # The transpose above must be the order format.h defines; checked once here, cheaply, at import.
 assert np.array_equal(to_block_order(np.arange(C.TILE_ELEMS).reshape(C.TILE_M, C.TILE_K))[0], C.BLOCK_ORDER)
+
+
+# Block order -> row-major tile order: rowmajor[..., BLOCK_ORDER[i]] = ordered[..., i].
+FROM_BLOCK_ORDER = np.argsort(C.BLOCK_ORDER).astype(np.int32)
+FROM_BLOCK_ORDER.setflags(write=False)
 
 
 def select_tiles(fmt, values: np.ndarray, index: np.ndarray, offsets: np.ndarray, tiles: np.ndarray):
@@ -117,16 +129,6 @@ def select_tiles(fmt, values: np.ndarray, index: np.ndarray, offsets: np.ndarray
     elif fmt.INDEX_PER_TILE:
         index = index.reshape(-1, fmt.INDEX_PER_TILE)[tiles].reshape(-1)
     return values[take], index, new_offsets
-
-
-def pad_values(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int):
-    """`pad` for formats whose index is per tile: zeros at tile ends, which no bit references."""
-    counts = np.diff(offsets.astype(np.int64))
-    add = pad_plan(counts, extra)
-    if extra == 0:
-        return value_bits, index, offsets
-    values = insert_at_tile_ends(value_bits, offsets, add, np.zeros(extra, value_bits.dtype))
-    return values, index, offsets_from_counts(counts + add)
 
 
 def outside_mask(shape: tuple[int, int], tile: int) -> np.ndarray:

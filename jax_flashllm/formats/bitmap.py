@@ -45,23 +45,20 @@ def _pack(nonzero: np.ndarray) -> np.ndarray:
 
 def encode(bits: np.ndarray):
     """(M, K) uint16 bit patterns -> (value bits (P,) uint16, index (T * 260,) uint32, tile_offsets)."""
-    ordered = _base.to_block_order(_base.padded_bits(bits))
+    # Each tile row carries NNZ_ALIGN spare zeros: its padding is the first `need` of them, so one boolean
+    # gather yields every tile's values followed by its padding.
+    ordered = _base.to_block_order(_base.padded_bits(bits), spare=C.NNZ_ALIGN)
     t = ordered.shape[0]
-    nonzero = (ordered & 0x7FFF) != 0  # -0.0 is a zero; NaN/Inf are not.
+    keep = (ordered & 0x7FFF) != 0  # -0.0 is a zero; NaN/Inf are not.
+    nonzero = keep[:, :C.TILE_ELEMS]
     counts = nonzero.sum(axis=1, dtype=np.int64)
-    offsets = _base.offsets_from_counts(_base.round_up(counts))
+    need = _base.round_up(counts) - counts
+    keep[:, C.TILE_ELEMS:] = np.arange(C.NNZ_ALIGN) < need[:, None]
     index = np.zeros((t, C.BITMAP_WORDS_PER_TILE), np.uint32)
     index[:, _HEADER:] = _pack(nonzero)
     slab_counts = nonzero.reshape(t, C.SLABS_PER_TILE, -1).sum(axis=2, dtype=np.int64)
     index[:, 1:C.SLABS_PER_TILE] = np.cumsum(slab_counts, axis=1)[:, :-1]
-    packed = ordered[nonzero]
-    if offsets[-1] == packed.size:
-        values = packed
-    else:  # shift each tile's run to its aligned start; the gaps stay zero
-        values = np.zeros(int(offsets[-1]), np.uint16)
-        start = np.cumsum(counts) - counts
-        values[np.arange(packed.size) + np.repeat(offsets[:-1] - start, counts)] = packed
-    return values, index.reshape(-1), offsets
+    return ordered[keep], index.reshape(-1), _base.offsets_from_counts(counts + need)
 
 
 def _popcount(words):
@@ -102,6 +99,19 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     return g // C.BLOCKS_PER_TILE, row, col, valid
 
 
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp): each set bit takes the value at its
+    tile's offset + its rank among the tile's set bits. O(M x K) work, like the result."""
+    if values.shape[0] == 0:
+        return jnp.zeros((tiles, C.TILE_ELEMS), values.dtype)
+    words = index.reshape(tiles, C.BITMAP_WORDS_PER_TILE)[:, _HEADER:]
+    shifts = jnp.arange(32, dtype=jnp.uint32)
+    stored = ((words[:, :, None] >> shifts) & 1).reshape(tiles, C.TILE_ELEMS).astype(jnp.bool_)
+    source = tile_offsets[:-1, None] + jnp.cumsum(stored, axis=1, dtype=jnp.int32) - 1
+    ordered = jnp.where(stored, values[jnp.clip(source, 0, values.shape[0] - 1)], jnp.zeros((), values.dtype))
+    return ordered[:, _base.FROM_BLOCK_ORDER]
+
+
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
     """Format-specific invariants (the common ones are checked by the caller). Memory O(P + T)."""
     t = counts.shape[0]
@@ -121,9 +131,10 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
         raise ValueError(f"tile {bad[0]}: reserved header words {header[bad[0], C.SLABS_PER_TILE:].tolist()} "
                          "must be 0")
     marked = pop.sum(axis=1)
-    bad = np.flatnonzero(marked > counts)
+    bad = np.flatnonzero(_base.round_up(marked) != counts)
     if bad.size:
-        raise ValueError(f"tile {bad[0]}: its bitmaps mark {marked[bad[0]]} values but tile_offsets give it "
+        raise ValueError(f"tile {bad[0]}: its bitmaps mark {marked[bad[0]]} values, so tile_offsets must give it "
+                         f"{_base.round_up(marked[bad[0]])} (padded to a multiple of {C.NNZ_ALIGN}), not "
                          f"{counts[bad[0]]}")
     for tile in _base.edge_tiles(shape):
         outside = _pack(_base.outside_mask(shape, tile)[None])[0]
@@ -138,4 +149,27 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
                          f"0x{int(value_bits[bad]):04x}, not 0")
 
 
-pad = _base.pad_values
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
+    """The same matrix with `extra` more values (see _base.pad_plan): zeros stored explicitly at zero
+    elements inside the logical matrix (their bits set), since a tile holds exactly its marked values
+    rounded up to NNZ_ALIGN. A tile can grow to its logical element count rounded up, the same for
+    every shard of one grid and shape, so the largest shard always fits."""
+    counts = np.diff(offsets.astype(np.int64))
+    rows_in, cols_in = _base.edge_limits(shape)
+    add = _base.pad_plan(counts, _base.round_up(rows_in * cols_in) - counts, extra)
+    if extra == 0:
+        return value_bits, index, offsets
+    words = index.reshape(-1, C.BITMAP_WORDS_PER_TILE).copy()
+    parts = [value_bits[offsets[t]:offsets[t + 1]] for t in range(counts.shape[0])]
+    for t in np.flatnonzero(add):
+        stored = np.unpackbits(words[t, _HEADER:].view(np.uint8), bitorder="little").astype(np.bool_)
+        tile = np.zeros(C.TILE_ELEMS, np.uint16)
+        tile[stored] = parts[t][: int(stored.sum())]
+        target = min(int(counts[t] + add[t]), int(rows_in[t] * cols_in[t]))  # rounds up to counts + add
+        free = np.flatnonzero(~stored & ~_base.outside_mask(shape, t))
+        stored[free[: target - int(stored.sum())]] = True
+        words[t, _HEADER:] = _pack(stored[None])[0]
+        words[t, 1:C.SLABS_PER_TILE] = np.cumsum(stored.reshape(C.SLABS_PER_TILE, -1).sum(axis=1))[:-1]
+        parts[t] = np.zeros(int(counts[t] + add[t]), np.uint16)
+        parts[t][:target] = tile[stored]
+    return np.concatenate(parts), words.reshape(-1), _base.offsets_from_counts(counts + add)

@@ -47,6 +47,11 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     return p // C.TILE_ELEMS, pos // C.TILE_K, pos % C.TILE_K, None
 
 
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp)."""
+    return values.reshape(tiles, C.TILE_ELEMS)[:, _base.FROM_BLOCK_ORDER]
+
+
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
     """Format-specific invariants (the common ones are checked by the caller)."""
     if index.shape[0] != 0:
@@ -61,4 +66,9 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
             raise ValueError(f"tile {tile} holds nonzeros outside the logical {shape[0]}x{shape[1]} matrix")
 
 
-pad = _base.pad_values
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
+    """Dense matrices of one tile grid store equally many values: there is nothing to pad."""
+    if extra:
+        raise ValueError(f"a dense-format matrix stores all {value_bits.shape[0]} values of its tiles and "
+                         f"cannot hold {extra} more")
+    return value_bits, index, offsets

@@ -50,7 +50,9 @@ def encode(bits: np.ndarray):
         keep[rows] |= zeros & (rank <= need[rows, None])
     offsets = _base.offsets_from_counts(counts + need)
     flat = np.flatnonzero(keep)
-    return tiles.reshape(-1)[flat], C.SWIZZLE_TABLE[flat & (C.TILE_ELEMS - 1)], offsets
+    values = tiles.reshape(-1)[flat]
+    values[(values & 0x7FFF) == 0] = 0  # padding at a -0.0 position stores +0.0, as every zero decodes
+    return values, C.SWIZZLE_TABLE[flat & (C.TILE_ELEMS - 1)], offsets
 
 
 def entry_coords(index, tile_offsets, num_values: int, tiles: int):
@@ -60,6 +62,13 @@ def entry_coords(index, tile_offsets, num_values: int, tiles: int):
     tile = jnp.repeat(jnp.arange(tiles, dtype=jnp.int32), counts, total_repeat_length=num_values)
     r, c = C.unswizzle(index.astype(jnp.int32))
     return tile, r, c, None
+
+
+def dense_tiles(values, index, tile_offsets, tiles: int):
+    """(T, TILE_ELEMS) every tile's elements in row-major order (jnp): one scatter of the values."""
+    tile, r, c, _ = entry_coords(index, tile_offsets, values.shape[0], tiles)
+    flat = jnp.zeros(tiles * C.TILE_ELEMS, values.dtype)
+    return flat.at[tile * C.TILE_ELEMS + r * C.TILE_K + c].set(values, unique_indices=True).reshape(tiles, -1)
 
 
 def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shape) -> None:
@@ -75,6 +84,8 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
     for first in range(0, counts.shape[0], _TILES_PER_CHECK):
         last = min(first + _TILES_PER_CHECK, counts.shape[0])
         part = slice(offsets[first], offsets[last])
+        if part.start == part.stop:
+            continue
         key = np.repeat(np.arange(last - first, dtype=np.int64) * C.TILE_ELEMS, counts[first:last]) + index[part]
         seen = np.zeros((last - first) * C.TILE_ELEMS, np.bool_)
         seen[key] = True
@@ -95,11 +106,11 @@ def validate(value_bits: np.ndarray, index: np.ndarray, counts: np.ndarray, shap
                              f"outside the logical {shape[0]}x{shape[1]} matrix")
 
 
-def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int):
+def pad(value_bits: np.ndarray, index: np.ndarray, offsets: np.ndarray, extra: int, shape):
     """The same matrix with `extra` more zero entries (see _base.pad_plan), each at a position unused in
     its tile so no location repeats."""
     counts = np.diff(offsets.astype(np.int64))
-    add = _base.pad_plan(counts, extra)
+    add = _base.pad_plan(counts, C.TILE_ELEMS - counts, extra)
     if extra == 0:
         return value_bits, index, offsets
     new = []
