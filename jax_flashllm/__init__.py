@@ -21,6 +21,7 @@ _LAZY = {
     "generation": ("jax_flashllm.generation", None),
     "models": ("jax_flashllm.models", None),
     "nn": ("jax_flashllm.nn", None),
+    "perplexity": ("jax_flashllm.eval", "perplexity"),
     "prune": ("jax_flashllm.prune", None),
     "sparsify": ("jax_flashllm.nn", "sparsify"),
     "stream": ("jax_flashllm.generation", "stream"),

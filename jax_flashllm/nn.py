@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from jax_flashllm import formats as _formats
-from jax_flashllm import prune as _prune
+from jax_flashllm.prune import magnitude as _prune
 from jax_flashllm._log import logger, progress as _progress
 from jax_flashllm.format import SparseMatrix
 from jax_flashllm.ops import sparse_dense

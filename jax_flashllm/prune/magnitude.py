@@ -1,5 +1,4 @@
-"""Choosing which weights become zero: magnitude pruning (per layer or per output row) and a seeded random
-mask for benchmarks. Host-side numpy, deterministic: ties are broken by position, so the same input always
+"""Magnitude pruning (per layer or per output row) and a seeded random mask for benchmarks. Host-side numpy, deterministic: ties are broken by position, so the same input always
 gives the same mask, and exactly round(sparsity * n) entries are pruned per group.
 
 Masks are boolean with True = kept. Weights are (M, K) = (out_features, in_features).
