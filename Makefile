@@ -32,7 +32,14 @@ $(VENV)/.installed: $(VENV)/.deps $(NATIVE_SRC)
 	$(PIP) install -q --no-build-isolation -e ".[test,bench]"
 	touch $@
 
-.PHONY: demo test install peer gpu-check gpu-bundle bench bench-quick clean
+# The benchmarks' PyTorch / transformers peers (the pinned extra `peer`: torch 2.13.0, transformers 5.24.0),
+# never part of `make test`; each benchmark runs them in a process of their own.
+peer: $(VENV)/.installed
+	$(PIP) install -q --no-build-isolation -e ".[test,bench,peer]"
+
+# Here, no GPU needed: build/gpu-bundle/ for a GPU machine (harness, goldens from the emulation, run.sh).
+gpu-bundle: $(VENV)/.installed
+	PYTHON=$(PY) bash scripts/make_gpu_bundle.sh
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
 # are already installed (docs/gpu.md): step 1 the bundle, step 2 the JAX path (build in place for
