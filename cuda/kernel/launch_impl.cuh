@@ -59,8 +59,13 @@ inline std::string zero_counters(const SpmmParams& p, int64_t words, StreamHandl
 
 }  // namespace launch_detail
 
-template <class T, class Tag>
-std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream) {
+namespace launch_detail {
+
+// The launch every kernel family shares: grid over T's block tile, launch limits, split-K counters,
+// the shared-memory opt-in (keyed on Key, so each family's kernel of a config gets its own attribute).
+template <class T, class Key, class Tag, class KernelPtr>
+std::string launch_grid(KernelPtr kernel, int smem_bytes, const SpmmParams& p, StreamHandle stream,
+                        const char* what) {
   static_assert(T::kBlockM >= kTileM && T::kBlockN >= kSplitKCounterBlockN,
                 "splitk.cuh sizes the counters for blocks of at least kTileM x kSplitKCounterBlockN");
   const int64_t blocks_m = (int64_t(p.m) + T::kBlockM - 1) / T::kBlockM;
@@ -69,19 +74,25 @@ std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream) {
   if (p.split_k > 65535) return "flashllm_spmm: split_k > 65535";
   if (p.split_k > 1 && (p.workspace == nullptr || p.splitk_counters == nullptr))
     return "flashllm_spmm: split_k > 1 needs a workspace";
-  auto* kernel = &spmm_kernel<T, Tag>;
   (void)stream;
 #if !defined(FLASHLLM_EMU)
-  std::string err = launch_detail::ensure_smem_attribute<T, Tag>(kernel, T::kSmemBytes);
+  std::string err = ensure_smem_attribute<Key, Tag>(kernel, smem_bytes);
   if (!err.empty()) return err;
 #endif
   if (p.split_k > 1) {
-    std::string zerr = launch_detail::zero_counters(p, splitk_counter_words(p.m_tiles, p.n), stream);
+    std::string zerr = zero_counters(p, splitk_counter_words(p.m_tiles, p.n), stream);
     if (!zerr.empty()) return zerr;
   }
   const dim3 grid(unsigned(blocks_m), unsigned(blocks_n), unsigned(p.split_k));
-  return launch_detail::check(FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), T::kSmemBytes, stream, p),
-                              "flashllm_spmm kernel launch");
+  return check(FLASHLLM_LAUNCH(kernel, grid, dim3(T::kThreads), smem_bytes, stream, p), what);
+}
+
+}  // namespace launch_detail
+
+template <class T, class Tag>
+std::string launch_spmm_config(const SpmmParams& p, StreamHandle stream) {
+  return launch_detail::launch_grid<T, T, Tag>(&spmm_kernel<T, Tag>, T::kSmemBytes, p, stream,
+                                               "flashllm_spmm kernel launch");
 }
 
 }  // namespace flashllm
