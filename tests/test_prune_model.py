@@ -9,7 +9,7 @@ from flax import nnx
 import prune_reference as ref
 from jax_flashllm import SparseLinear, prune
 from jax_flashllm.models import OPTConfig, OPTForCausalLM
-from jax_flashllm.models.opt import _norm
+from jax_flashllm.models.opt import _norm, mask_bias
 
 _SUBLAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
 
@@ -36,7 +36,7 @@ def test_layer_one_is_calibrated_on_the_pruned_layer_zero(calib):
     ids = jnp.asarray(calib)
     t = ids.shape[1]
     x = model._embed(ids, jnp.broadcast_to(jnp.arange(t), ids.shape))
-    x, _ = model.layers[0](x, jnp.tril(jnp.ones((t, t), bool))[None])
+    x, _ = model.layers[0](x, mask_bias(jnp.tril(jnp.ones((t, t), bool))[None]))
     inputs = np.asarray(_norm(model.layers[1].self_attn_layer_norm, x)).reshape(-1, 32)
     w = np.asarray(dense.layers[1].self_attn.q_proj.kernel[...]).T
     got = np.asarray(model.layers[1].self_attn.q_proj.kernel[...]).T

@@ -244,6 +244,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Arr
     scores, the masked scores, their exponentials and a relaid copy of those for the second dot
     (tests/test_opt.py counts them); one would take a fused attention kernel.
     """
+    if bias.dtype != jnp.float32 or bias.ndim != 4:
+        # A boolean mask would broadcast into the scores as 0/1 and silently attend everywhere.
+        raise TypeError(f"attention bias must be float32 (B, 1, T, S) from mask_bias(mask), got "
+                        f"{bias.dtype} {bias.shape}")
     with jax.named_scope("attention"):
         f32 = jnp.float32
         # (B, H, T, S)

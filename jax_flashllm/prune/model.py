@@ -24,6 +24,7 @@ from flax import nnx
 
 from jax_flashllm import nn as _nn
 from jax_flashllm._log import logger, progress
+from jax_flashllm.models.opt import mask_bias
 from jax_flashllm.prune.magnitude import magnitude_mask
 from jax_flashllm.prune.masks import check_sparsity, nm_mask, parse_nm
 from jax_flashllm.prune.sparsegpt import sparsegpt
@@ -150,7 +151,8 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
     batches = [slice(s, s + batch_size) for s in range(0, ids.shape[0], batch_size)]
     positions = jnp.where(valid, jnp.cumsum(valid, axis=-1) - 1, -1)
     causal = jnp.tril(jnp.ones((ids.shape[1],) * 2, bool))
-    masks = [causal[None] & valid[b][:, None, :] for b in batches]
+    # A decoder layer takes the additive score bias (B, 1, T, T) that OPT builds once per call.
+    masks = [mask_bias(causal[None] & valid[b][:, None, :]) for b in batches]
     hidden = [model._embed(ids[b], positions[b]) for b in batches]
 
     reports = []
