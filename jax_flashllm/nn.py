@@ -32,7 +32,24 @@ class SparseIndex(nnx.Variable):
     """Integer structure of a sparse weight (index, tile offsets): state, but never trained."""
 
 
-class SparseLinear(nnx.Module):
+class _HeldMatrix(nnx.Module):
+    """A SparseMatrix held as module state: values trainable (nnx.Param), index and tile offsets as
+    SparseIndex, the format static; shared by every layer built on one."""
+
+    def _hold(self, weight: SparseMatrix) -> None:
+        self.values = nnx.Param(jnp.asarray(weight.values))
+        self.index = SparseIndex(jnp.asarray(weight.index))
+        self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
+        self.format = weight.format  # static: "tiled_csl" | "bitmap" | "dense"
+
+    def _matrix(self, shape: tuple[int, int]) -> SparseMatrix:
+        """The SparseMatrix view of the state (no copy, no validation: safe under jit)."""
+        values = self.values[...]
+        aux = (shape, jnp.dtype(values.dtype).name, self.format)
+        return SparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
+
+
+class SparseLinear(_HeldMatrix):
     """y = x @ W.T + bias with W a SparseMatrix (out_features, in_features); the call of ``nnx.Linear``.
 
     x: (..., in_features) any float dtype; it is cast to W's dtype (float16 | bfloat16) for the kernel
@@ -40,19 +57,14 @@ class SparseLinear(nnx.Module):
     """
 
     def __init__(self, weight: SparseMatrix, bias: jax.Array | None = None):
-        self.values = nnx.Param(jnp.asarray(weight.values))
-        self.index = SparseIndex(jnp.asarray(weight.index))
-        self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
+        self._hold(weight)
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
         self.out_features, self.in_features = weight.shape
-        self.format = weight.format  # static: "tiled_csl" | "bitmap" | "dense"
 
     @property
     def weight(self) -> SparseMatrix:
         """The SparseMatrix view of the layer's state (no copy, no validation: safe under jit)."""
-        values = self.values[...]
-        aux = ((self.out_features, self.in_features), jnp.dtype(values.dtype).name, self.format)
-        return SparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
+        return self._matrix((self.out_features, self.in_features))
 
     @property
     def use_bias(self) -> bool:
@@ -123,7 +135,7 @@ class SparseLinear(nnx.Module):
         return nnx.eval_shape(build)
 
 
-class PackedEmbed(nnx.Module):
+class PackedEmbed(_HeldMatrix):
     """An embedding table W (num_embeddings, features) stored once as a SparseMatrix (state as in
     SparseLinear), serving both the token lookup and a tied output projection (an LM head).
 
@@ -138,18 +150,13 @@ class PackedEmbed(nnx.Module):
     """
 
     def __init__(self, weight: SparseMatrix):
-        self.values = nnx.Param(jnp.asarray(weight.values))
-        self.index = SparseIndex(jnp.asarray(weight.index))
-        self.tile_offsets = SparseIndex(jnp.asarray(weight.tile_offsets))
+        self._hold(weight)
         self.num_embeddings, self.features = weight.shape
-        self.format = weight.format
 
     @property
     def weight(self) -> SparseMatrix:
         """The SparseMatrix view of the state (no copy, no validation: safe under jit)."""
-        values = self.values[...]
-        aux = ((self.num_embeddings, self.features), jnp.dtype(values.dtype).name, self.format)
-        return SparseMatrix.tree_unflatten(aux, (values, self.index[...], self.tile_offsets[...]))
+        return self._matrix((self.num_embeddings, self.features))
 
     @classmethod
     def from_embed(cls, embed: "nnx.Embed | PackedEmbed", sparsity: float = 0.0, *, method: str = "magnitude",
