@@ -21,7 +21,7 @@ from flax import nnx
 from jax_flashllm import formats as _formats
 from jax_flashllm.prune import magnitude as _prune
 from jax_flashllm._log import logger, progress as _progress
-from jax_flashllm.format import SparseMatrix
+from jax_flashllm.format import SparseMatrix, _host
 from jax_flashllm.ops import sparse_dense
 
 __all__ = ["SparseIndex", "SparseLinear", "PackedEmbed", "LayerReport", "SparsifyReport", "sparsify", "densify",
@@ -89,7 +89,7 @@ class SparseLinear(_HeldMatrix):
         if dtype is None:
             # A float16 model keeps float16 weights; a float32 one gets bfloat16 (same exponent range).
             dtype = kernel.dtype if jnp.dtype(kernel.dtype) in (jnp.float16, jnp.bfloat16) else jnp.bfloat16
-        w = np.asarray(jax.device_get(kernel)).T
+        w = _host(kernel).T
         w = _prune.prune(w, sparsity, method, seed=seed)
         bias = None if linear.bias is None else linear.bias[...]
         return cls(SparseMatrix.from_dense(w, dtype=dtype, format=format), bias)
@@ -164,7 +164,7 @@ class PackedEmbed(_HeldMatrix):
         """Encode ``embed``'s table pruned to ``sparsity`` with ``method`` (0: kept whole) as ``dtype``
         (float16 | bfloat16) in ``format`` (None: "dense" when nothing is pruned, else "auto")."""
         table = embed.weight.to_dense() if isinstance(embed, PackedEmbed) else embed.embedding[...]
-        table = np.asarray(jax.device_get(table)).astype(np.float32)
+        table = _host(table).astype(np.float32)
         if sparsity > 0:
             table = _prune.prune(table, sparsity, method, seed=seed)
         fmt = format if format not in (None, "auto") or sparsity > 0 else "dense"

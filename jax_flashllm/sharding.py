@@ -32,7 +32,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jax_flashllm import _constants as C
 from jax_flashllm import formats as _formats
-from jax_flashllm.format import SparseMatrix
+from jax_flashllm.format import SparseMatrix, _host
 from jax_flashllm.nn import SparseLinear
 from jax_flashllm.ops import check_inputs, register_weight_type, sparse_dense
 
@@ -49,10 +49,6 @@ def _check_kind(kind: str) -> str:
         raise ValueError(f"kind must be {COLUMN!r} (split out_features) or {ROW!r} (split in_features), "
                          f"got {kind!r}")
     return kind
-
-
-def _host(a) -> np.ndarray:
-    return np.asarray(jax.device_get(a))
 
 
 # --- host-side splitting and padding ---------------------------------------------------------------------
