@@ -43,7 +43,7 @@ gpu-bundle: $(VENV)/.installed
 
 # On a GPU machine with no network where jax[cuda], flax, nanobind, scikit-build-core, cmake and ninja
 # are already installed (docs/gpu.md): step 1 the bundle, step 2 the JAX path (build in place for
-# this GPU, pytest -m gpu, a short benchmark); within 8 minutes.
+# this GPU, pytest -m gpu, a short benchmark), step 3 opt-1.3b end to end against HF on CUDA; within 10 minutes.
 gpu-check:
 	bash scripts/gpu_check.sh
 

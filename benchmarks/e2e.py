@@ -4,6 +4,9 @@ transformers + PyTorch dense on the CPU, random weights of the published shapes.
     python -m benchmarks.e2e --quick     # opt-125m and opt-350m: HF f32 / bf16, ours dense f32, 50 %, 80 %
     python -m benchmarks.e2e             # the same with every sparsity 50-90 % and two rounds
     python -m benchmarks.e2e --profile   # where a decode step's time goes (benchmarks/profile.py)
+    python -m benchmarks.e2e --sizes opt-125m --configs hf-bfloat16 ours-0.8 ours-0.8+head   # the pruned head
+    python -m benchmarks.e2e --sizes opt-1.3b --hf-device cuda --configs hf-bfloat16 ours-bf16 ours-0.5 ours-0.8
+                                         # on a GPU (make gpu-check's step 3): HF on torch's CUDA, ours on jax's GPU
 
 Every configuration runs in its own process (its threads, its memory), configurations alternate in rounds,
 and both sides get the same prompt (batch 1, 32 tokens), the same number of new tokens, greedy, EOS
@@ -31,6 +34,8 @@ SIZES = ("opt-125m", "opt-350m")
 PEERS = ("hf-float32", "hf-bfloat16")
 QUICK = PEERS + ("ours-f32", "ours-bf16", "ours-0.5", "ours-0.8")
 FULL = PEERS + ("ours-f32", "ours-bf16", "ours-0.5", "ours-0.6", "ours-0.7", "ours-0.8", "ours-0.9")
+# Also accepted by --configs: "ours-<s>+head", the tied head pruned to the same sparsity (sparsify's
+# include; never the default: the head is the model's vocabulary, and the published sparse models keep it).
 PROMPT_LEN = 32
 BATCH = 1
 REPEATS = 3
@@ -51,28 +56,33 @@ def build_ours(size: str, kind: str):
     """Our OPT of the published shape with random weights. kind: "f32" (dense float32 nnx.Linear layers and
     table, as loaded), "bf16" (every Linear in the dense format, bf16, through our kernel) or a sparsity
     ("0.8": every Linear pruned by magnitude, format "auto"); both 16-bit kinds also pack the tied head
-    (bf16, dense format) and keep the position table in bf16, as HF's bf16 model does. Returns the model
-    and the bytes of its Linear layers."""
+    (bf16, dense format; "0.8+head" prunes it to the same sparsity, format "auto") and keep the position
+    table in bf16, as HF's bf16 model does. Returns the model and the bytes of its Linear layers."""
     import jax.numpy as jnp
     from flax import nnx
 
     from jax_flashllm.models import OPTConfig, OPTForCausalLM
     from jax_flashllm.nn import SparseLinear, sparsify
 
+    kind, _, head = kind.partition("+")
+    if head not in ("", "head") or (head and kind in ("f32", "bf16")):
+        raise ValueError(f"unknown configuration ours-{kind}+{head}: '+head' follows a sparsity, as in ours-0.8+head")
     model = OPTForCausalLM(OPTConfig.from_name(size), rngs=nnx.Rngs(0))
     if kind == "bf16":
         sparsify(model, 0.0, format="dense")
     elif kind != "f32":
         sparsify(model, float(kind))
     if kind != "f32":
-        model.pack_head()
+        model.pack_head(float(kind) if head else 0.0)
         model.cast_embeddings(jnp.bfloat16)  # the position table (the token table is packed)
     linear = [m for _, m in nnx.iter_graph(model) if isinstance(m, (nnx.Linear, SparseLinear))]
     return model, sum(m.weight.nbytes if isinstance(m, SparseLinear) else m.kernel[...].nbytes for m in linear)
 
 
 def _label(kind: str) -> str:
-    return {"f32": "ours dense f32", "bf16": "ours dense bf16"}.get(kind) or f"ours sparse {float(kind):.0%}"
+    sparsity, _, head = kind.partition("+")
+    return ({"f32": "ours dense f32", "bf16": "ours dense bf16"}.get(kind)
+            or f"ours sparse {float(sparsity):.0%}" + (" + head" if head else ""))
 
 
 def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> dict:
@@ -106,7 +116,7 @@ def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> d
     cache = jax.eval_shape(lambda: KVCache.zeros(cfg, BATCH, slots, model.compute_dtype))
     cache_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in (*cache.k, *cache.v))
     return {
-        "impl": _label(kind), "sparsity": None if kind in ("f32", "bf16") else float(kind),
+        "impl": _label(kind), "sparsity": None if kind in ("f32", "bf16") else float(kind.partition("+")[0]),
         "compute_dtype": jnp.dtype(model.compute_dtype).name,
         "compile_s": round(compile_s, 2), "prefill_ms": round(1e3 * float(np.median(first)), 2),
         "decode_tokens_per_s": round(BATCH * (new_tokens - 1) / decode_s, 2),
@@ -115,13 +125,14 @@ def run_ours(size: str, kind: str, new_tokens: int, repeats: int = REPEATS) -> d
     }
 
 
-def run_config(size: str, config: str, new_tokens: int) -> dict:
+def run_config(size: str, config: str, new_tokens: int, hf_device: str = "cpu") -> dict:
     """One configuration in this process (the worker side)."""
     if config.startswith("hf-"):
         from benchmarks import hf_peer
         from jax_flashllm.models import OPTConfig
 
-        row = hf_peer.run(size, config[3:], prompt_ids(OPTConfig.from_name(size).vocab_size), new_tokens)
+        row = hf_peer.run(size, config[3:], prompt_ids(OPTConfig.from_name(size).vocab_size), new_tokens,
+                          device=hf_device)
     else:
         row = run_ours(size, config[5:], new_tokens)
     row.update(size=size, config=config, batch=BATCH, prompt_len=PROMPT_LEN, new_tokens=new_tokens)
@@ -151,7 +162,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(payload) -> str:
     m = payload["machine"]
-    out = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB; jax {m['jax']}; CPU kernel "
+    device = "" if m["device"].lower().startswith("cpu") else f"; device {m['device']}"
+    out = [f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB{device}; jax {m['jax']}; CPU kernel "
            f"`{m['cpu_kernel_isa']}`; torch {m.get('torch', '?')}, transformers {m.get('transformers', '?')}; "
            f"commit {m['git_commit']}; {m['date_utc']}; load average {m['load_avg_start'][0]} -> "
            f"{m['load_avg_end'][0]}.", ""]
@@ -183,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", default=None, help=f"subset of {FULL}")
     ap.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 1 quick, 2 full)")
     ap.add_argument("--new-tokens", type=int, default=33)
+    ap.add_argument("--hf-device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the HF peer runs (cuda: torch's GPU build, as on the GPU machine)")
     ap.add_argument("--out", type=Path, default=common.RESULTS_DIR)
     ap.add_argument("--worker", nargs=2, metavar=("SIZE", "CONFIG"), help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args(argv)
@@ -194,7 +208,7 @@ def main(argv=None) -> int:
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.worker:
-        print(json.dumps(run_config(*args.worker, args.new_tokens)))
+        print(json.dumps(run_config(*args.worker, args.new_tokens, args.hf_device)))
         return 0
 
     import jax
@@ -210,7 +224,8 @@ def main(argv=None) -> int:
             # Alternate the order each round so a load change does not always hit the same side.
             for config in (configs if r % 2 == 0 else configs[::-1]):
                 print(f"round {r + 1}: {size} {config} ...", flush=True)
-                row = common.run_worker("benchmarks.e2e", size, config, "--new-tokens", str(args.new_tokens))
+                row = common.run_worker("benchmarks.e2e", size, config, "--new-tokens", str(args.new_tokens),
+                                        "--hf-device", args.hf_device)
                 print(f"  decode {row['decode_tokens_per_s']} tok/s, memory {row['memory_mib']} MiB", flush=True)
                 for key in ("torch", "transformers"):
                     if key in row:

@@ -1,4 +1,5 @@
-"""The dense peer of the end-to-end benchmark: HuggingFace transformers' OPTForCausalLM on PyTorch (CPU).
+"""The dense peer of the end-to-end benchmark: HuggingFace transformers' OPTForCausalLM on PyTorch (the CPU;
+torch's CUDA build on a GPU machine).
 
 Runs in its own process (benchmarks.e2e starts it), so PyTorch's OpenMP workers never compete with XLA's
 threads. Random weights of the published shape, the same prompt and number of new tokens as our side,
@@ -42,8 +43,8 @@ def _cache_bytes(cache) -> int:
     return total
 
 
-def run(size: str, dtype: str, prompt: np.ndarray, new_tokens: int, repeats: int = 3) -> dict:
-    """Decode tokens/s and memory of HF OPT in `dtype` ("float32" | "bfloat16").
+def run(size: str, dtype: str, prompt: np.ndarray, new_tokens: int, repeats: int = 3, device: str = "cpu") -> dict:
+    """Decode tokens/s and memory of HF OPT in `dtype` ("float32" | "bfloat16") on `device` ("cpu" | "cuda").
 
     prompt: (B, T) int token ids. Decode time = generate(new_tokens) - generate(1), medians over `repeats`,
     so prefill and the first token are not counted (as on our side).
@@ -54,16 +55,20 @@ def run(size: str, dtype: str, prompt: np.ndarray, new_tokens: int, repeats: int
 
     if dtype not in _TORCH_DTYPES:
         raise ValueError(f"dtype must be one of {_TORCH_DTYPES}, got {dtype!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--hf-device cuda: this torch build sees no CUDA device")
     torch.manual_seed(0)
-    model = HFOPT(_hf_config(size)).eval().to(getattr(torch, dtype))
+    model = HFOPT(_hf_config(size)).eval().to(device=device, dtype=getattr(torch, dtype))
     # EOS off: every run produces exactly the tokens asked for, as on our side.
     model.generation_config.eos_token_id = None
-    ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)
+    ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long, device=device)
     kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=1, eos_token_id=None)
 
     def generate(n):
         t = time.perf_counter()
         out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, return_dict_in_generate=True, **kw)
+        if device == "cuda":  # generate returns once the last kernel is queued
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - t
         if out.sequences.shape[1] != ids.shape[1] + n:
             raise RuntimeError(f"HF generated {out.sequences.shape[1] - ids.shape[1]} tokens, not {n}")
@@ -84,7 +89,8 @@ def run(size: str, dtype: str, prompt: np.ndarray, new_tokens: int, repeats: int
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
     batch = ids.shape[0]
     return {
-        "impl": f"hf {dtype}", "torch": torch.__version__, "transformers": transformers.__version__,
+        "impl": f"hf {dtype}" + (" cuda" if device == "cuda" else ""), "torch": torch.__version__,
+        "transformers": transformers.__version__,
         "torch_threads": torch.get_num_threads(), "warmup_s": round(warmup_s, 2),
         "prefill_ms": round(1e3 * float(np.median(first)), 2),
         "decode_tokens_per_s": round(batch * (new_tokens - 1) / decode_s, 2),

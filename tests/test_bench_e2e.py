@@ -44,6 +44,24 @@ def test_summary_ratios_use_the_faster_peer_and_bf16_memory():
 def test_labels_and_the_shared_prompt():
     assert e2e._label("f32") == "ours dense f32" and e2e._label("bf16") == "ours dense bf16"
     assert e2e._label("0.8") == "ours sparse 80%"
+    assert e2e._label("0.8+head") == "ours sparse 80% + head"
     ids = e2e.prompt_ids(50272)
     assert ids.shape == (e2e.BATCH, e2e.PROMPT_LEN) and ids.min() >= 4 and ids.max() < 50271
     assert (ids == e2e.prompt_ids(50272)).all()  # every process decodes the same prompt
+
+
+@pytest.mark.parametrize("kind", ["bf16+head", "0.8+tail", "f32+head"])
+def test_head_pruning_follows_a_sparsity(kind):
+    with pytest.raises(ValueError, match="follows a sparsity"):
+        e2e.build_ours("opt-125m", kind)
+
+
+def test_cuda_peer_refuses_without_a_gpu():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    from benchmarks import hf_peer
+
+    with pytest.raises(RuntimeError, match="no CUDA device"):
+        hf_peer.run("opt-125m", "bfloat16", e2e.prompt_ids(50272), 2, device="cuda")
