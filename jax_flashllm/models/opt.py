@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_flashllm.attention import attention
 from jax_flashllm.nn import PackedEmbed
 
 # OPT stores learned positions with two leading rows (a fairseq leftover): position p is row p + 2.
@@ -234,30 +235,16 @@ def mask_bias(mask: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
-    """Softmax attention. q: (B, T, H, D) already scaled; k: (B, H, D, S); v: (B, H, S, D);
-    bias: (B, 1, T, S) float32 (see mask_bias). Returns (B, T, H, D) in q's dtype.
+    """Softmax attention, named "attention" in profiles. q: (B, T, H, D) already scaled, in the compute
+    dtype; k: (B, H, D, S), v: (B, H, S, D) in the cache's dtype; bias: (B, 1, T, S) float32 (see
+    mask_bias). Returns (B, T, H, D) in q's dtype; scores, softmax and sums in float32.
 
-    Both dots run in float32: XLA's CPU backend widens 16-bit dot operands to float32 anyway, so a bf16
-    cache is read once per layer into a float32 copy (the price of storing it in half the bytes), and the
-    probabilities stay float32 (rounding them to bf16 only added a pass) and unnormalised until after the
-    second dot (no normalised copy). XLA still writes four (B, H, T, S) float32 buffers per layer: the
-    scores, the masked scores, their exponentials and a relaid copy of those for the second dot
-    (tests/test_opt.py counts them); one would take a fused attention kernel.
+    On the CPU this is the fused kernel (jax_flashllm.attention): no (B, H, T, S) buffer and no float32
+    copy of a 16-bit cache per layer, and key blocks masked for every query (the empty tail of the cache)
+    are skipped. Elsewhere, or with FLASHLLM_ATTENTION=reference, it is attention_reference's jnp.
     """
-    if bias.dtype != jnp.float32 or bias.ndim != 4:
-        # A boolean mask would broadcast into the scores as 0/1 and silently attend everywhere.
-        raise TypeError(f"attention bias must be float32 (B, 1, T, S) from mask_bias(mask), got "
-                        f"{bias.dtype} {bias.shape}")
     with jax.named_scope("attention"):
-        f32 = jnp.float32
-        # (B, H, T, S)
-        scores = jnp.einsum("BTHD,BHDS->BHTS", q.astype(f32), k.astype(f32)) + bias
-        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-        # (B, H, T)
-        total = jnp.sum(weights, axis=-1)
-        # (B, T, H, D)
-        y = jnp.einsum("BHTS,BHSD->BTHD", weights, v.astype(f32))
-        return (y / jnp.swapaxes(total, 1, 2)[..., None]).astype(q.dtype)
+        return attention(q, k, v, bias)
 
 
 class OPTAttention(nnx.Module):
