@@ -155,8 +155,8 @@ def test_gradients_are_the_references():
     want = jax.grad(loss(attention_reference), argnums=(0, 1, 2, 3))(q, k, v, bias)
     for g, r in zip(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-6, rtol=1e-5)
-    y, dy = jax.jvp(attention, (q, k, v, bias), (q, k, v, jnp.zeros_like(bias)))
-    y_ref, dy_ref = jax.jvp(attention_reference, (q, k, v, bias), (q, k, v, jnp.zeros_like(bias)))
+    _, dy = jax.jvp(attention, (q, k, v, bias), (q, k, v, jnp.zeros_like(bias)))
+    _, dy_ref = jax.jvp(attention_reference, (q, k, v, bias), (q, k, v, jnp.zeros_like(bias)))
     np.testing.assert_allclose(np.asarray(dy), np.asarray(dy_ref), atol=1e-6, rtol=1e-5)
 
 
