@@ -22,10 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import batching, mlir
+from jax.sharding import Mesh, PartitionSpec as P
 
 from jax_flashllm import _ffi
 
-__all__ = ["attention", "attention_reference", "flashllm_attention_p"]
+__all__ = ["attention", "attention_over_heads", "attention_reference", "flashllm_attention_p"]
 
 flashllm_attention_p = Primitive("flashllm_attention")
 
@@ -71,7 +72,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
     """Softmax attention, y = softmax(q k + bias) v per (batch, head, query row).
 
     q: (B, T, H, D) float32 | bfloat16 | float16, already scaled by D ** -0.5;
-    k: (B, H, D, S) and v: (B, H, S, D), one dtype of the three (the cache's);
+    k: (B, H, D, S) and v: (B, H, S, D), one dtype of the three (the cache's); other float dtypes (float64)
+    take the reference;
     bias: (B or 1, 1, T, S) float32, added to the scores (models.opt.mask_bias: 0 where a key is visible,
     the float32 minimum where it is masked; a row with no visible key is the uniform average of v).
     Returns (B, T, H, D) in q's dtype; scores, softmax and sums in float32.
@@ -82,11 +84,23 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
     _check(q, k, v, bias)
     if reference is None:
         reference = os.environ.get("FLASHLLM_ATTENTION", "") == "reference"
-    if reference or 0 in (*q.shape, k.shape[3]):
+    if reference or 0 in (*q.shape, k.shape[3]) or not {q.dtype, k.dtype} <= set(_DTYPES):
         return attention_reference(q, k, v, bias)
     if bias.shape[0] not in (1, q.shape[0]) or bias.shape[1:] != (1, q.shape[1], k.shape[3]):
         bias = jnp.broadcast_to(bias, (q.shape[0], 1, q.shape[1], k.shape[3]))
     return _attention(q, k, v, bias)
+
+
+def attention_over_heads(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, mesh: Mesh,
+                         axis: str) -> jax.Array:
+    """`attention` with the heads split over mesh axis `axis` (tensor parallelism, sharding.shard_model):
+    each device attends with its own heads of q, k and v (shard_map), so nothing crosses devices. XLA's
+    partitioner cannot split an FFI call by itself: it would gather every head onto every device.
+    Shapes and dtypes as `attention`; H must be a multiple of the axis size."""
+    heads_q, heads_kv = P(None, None, axis, None), P(None, axis, None, None)
+    # check_vma=False: the FFI primitive has no varying-manual-axes rule; the specs say it all.
+    return jax.shard_map(attention, mesh=mesh, in_specs=(heads_q, heads_kv, heads_kv, P()), out_specs=heads_q,
+                         check_vma=False)(q, k, v, bias)
 
 
 @jax.custom_jvp

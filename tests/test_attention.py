@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jax_flashllm import _flashllm_cpu
-from jax_flashllm.attention import attention, attention_reference
+from jax_flashllm.attention import attention, attention_over_heads, attention_reference
 from jax_flashllm.models.opt import mask_bias
 
 DTYPES = (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
@@ -204,3 +204,13 @@ def test_rejects_a_boolean_mask_and_mismatched_shapes():
         attention(q, k, v, jnp.ones((1, 1, 1, 4), bool))
     with pytest.raises(ValueError, match="k must be"):
         attention(q, k[:, :, :4], v, jnp.zeros((1, 1, 1, 4)))
+
+
+def test_attention_over_heads_is_attention_per_device():
+    # One device here; tests/sharding_cases.py runs the sharded model on four (no collective for attention).
+    rng = np.random.default_rng(10)
+    q, k, v = (jnp.asarray(a) for a in inputs(rng, 2, 3, 4, 8, 12, np.dtype(np.float32)))
+    bias = mask_bias(jnp.asarray(masks(rng, 2, 3, 12, "causal")))
+    mesh = jax.make_mesh((1,), ("tp",), axis_types=(jax.sharding.AxisType.Auto,))
+    got = jax.jit(lambda *a: attention_over_heads(*a, mesh, "tp"))(q, k, v, bias)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(attention(q, k, v, bias)), atol=1e-6)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jax_flashllm.attention import attention
+from jax_flashllm.attention import attention, attention_over_heads
 from jax_flashllm.nn import PackedEmbed
 
 # OPT stores learned positions with two leading rows (a fairseq leftover): position p is row p + 2.
@@ -234,7 +234,7 @@ def mask_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, heads_split=None) -> jax.Array:
     """Softmax attention, named "attention" in profiles. q: (B, T, H, D) already scaled, in the compute
     dtype; k: (B, H, D, S), v: (B, H, S, D) in the cache's dtype; bias: (B, 1, T, S) float32 (see
     mask_bias). Returns (B, T, H, D) in q's dtype; scores, softmax and sums in float32.
@@ -242,8 +242,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Arr
     On the CPU this is the fused kernel (jax_flashllm.attention): no (B, H, T, S) buffer and no float32
     copy of a 16-bit cache per layer, and key blocks masked for every query (the empty tail of the cache)
     are skipped. Elsewhere, or with FLASHLLM_ATTENTION=reference, it is attention_reference's jnp.
+    heads_split: None, or (mesh, axis) when sharding.shard_model has split the heads over a mesh axis: each
+    device then attends with its own heads.
     """
     with jax.named_scope("attention"):
+        if heads_split is not None:
+            return attention_over_heads(q, k, v, bias, *heads_split)
         return attention(q, k, v, bias)
 
 
@@ -254,6 +258,8 @@ class OPTAttention(nnx.Module):
             return _linear(cfg, m, m, bias, dtype, rngs)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = linear(), linear(), linear(), linear()
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        # (mesh, axis) once sharding.shard_model has split the heads over a mesh axis, else None.
+        self.heads_split = None
 
     def __call__(self, x, bias, kv=None, index=None):
         """x: (B, T, M); bias: (B, 1, T, S) float32 (mask_bias); kv: optional cache (k (B, H, D, S),
@@ -274,7 +280,7 @@ class OPTAttention(nnx.Module):
             with jax.named_scope("attention"):
                 k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, 0, index))
                 v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
-        y = attend(q, k, v, bias).reshape(b, t, -1)
+        y = attend(q, k, v, bias, self.heads_split).reshape(b, t, -1)
         return _project(self.out_proj, y), (k, v)
 
 
