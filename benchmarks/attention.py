@@ -24,15 +24,17 @@ SLOTS = (64, 128, 256, 512, 1024, 2048)
 @contextlib.contextmanager
 def _attention_impl(reference: bool):
     """FLASHLLM_ATTENTION for the functions traced inside (jax_flashllm.attention reads it at trace time)."""
-    before = os.environ.get("FLASHLLM_ATTENTION")
-    os.environ["FLASHLLM_ATTENTION"] = "reference" if reference else "kernel"
+    from jax_flashllm.attention import ENV
+
+    before = os.environ.get(ENV)
+    os.environ[ENV] = "reference" if reference else "kernel"
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop("FLASHLLM_ATTENTION")
+            os.environ.pop(ENV)
         else:
-            os.environ["FLASHLLM_ATTENTION"] = before
+            os.environ[ENV] = before
 
 
 def _compiled(fn, *args, reference: bool):

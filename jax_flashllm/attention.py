@@ -31,6 +31,8 @@ __all__ = ["attention", "attention_over_heads", "attention_reference", "flashllm
 flashllm_attention_p = Primitive("flashllm_attention")
 
 _DTYPES = tuple(np.dtype(d) for d in (jnp.float32, jnp.bfloat16, jnp.float16))
+# The environment variable that, set to "reference", makes `attention` trace the jnp reference.
+ENV = "FLASHLLM_ATTENTION"
 
 
 def attention_reference(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
@@ -83,7 +85,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, *,
     """
     _check(q, k, v, bias)
     if reference is None:
-        reference = os.environ.get("FLASHLLM_ATTENTION", "") == "reference"
+        reference = os.environ.get(ENV, "") == "reference"
     if reference or 0 in (*q.shape, k.shape[3]) or not {q.dtype, k.dtype} <= set(_DTYPES):
         return attention_reference(q, k, v, bias)
     if bias.shape[0] not in (1, q.shape[0]) or bias.shape[1:] != (1, q.shape[1], k.shape[3]):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_flashllm import attention
 from jax_flashllm.generation import prefill
 from jax_flashllm.models.checkpoint import load_pretrained
 from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM
@@ -158,7 +159,7 @@ def test_decode_step_writes_no_score_sized_buffers_and_no_float32_cache(monkeypa
     (B, H, 1, S) float32 buffer and no float32 copy of the (B, H, D, S) / (B, H, S, D) cache. The jnp
     reference writes up to four score-sized buffers per layer and a widened cache copy: the check sees them."""
     if reference:
-        monkeypatch.setenv("FLASHLLM_ATTENTION", "reference")
+        monkeypatch.setenv(attention.ENV, "reference")
     cfg = OPTConfig.tiny(max_position_embeddings=512)
     model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
     sparsify(model, 0.5)
