@@ -17,6 +17,7 @@ except ImportError:
 
 CPU_TARGET = "flashllm_spmm_cpu"
 CUDA_TARGET = "flashllm_spmm_cuda"
+ATTENTION_CPU_TARGET = "flashllm_attention_cpu"
 
 
 def _register() -> None:

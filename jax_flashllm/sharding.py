@@ -373,6 +373,7 @@ def shard_model(model, mesh: Mesh, axis: str = "tp", *, vocab_parallel: bool = F
         for parent_name, name, kind in OPT_PLAN:
             parent = layer if parent_name is None else getattr(layer, parent_name)
             setattr(parent, name, shard_linear(getattr(parent, name), mesh, axis, kind))
+        layer.self_attn.heads_split = (mesh, axis)  # the fused attention kernel runs per device on its heads
     replicated = NamedSharding(mesh, P())
     state = nnx.state(model)
     nnx.update(model, jax.tree.map(lambda a: a if _on_mesh(a, mesh) else jax.device_put(a, replicated), state))

@@ -17,7 +17,7 @@ def _built(name):
 
 
 @pytest.mark.parametrize("name, targets", [
-    ("_flashllm_cpu", {"flashllm_spmm_cpu"}),
+    ("_flashllm_cpu", {"flashllm_spmm_cpu", "flashllm_attention_cpu"}),
     ("_flashllm_cuda", {"flashllm_spmm_cuda"}),
     ("_flashllm_emu", None),
 ])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jax_flashllm import attention
 from jax_flashllm.generation import prefill
 from jax_flashllm.models.checkpoint import load_pretrained
 from jax_flashllm.models.opt import KVCache, OPTConfig, OPTForCausalLM
@@ -140,22 +141,34 @@ def test_sparse_model_computes_and_caches_in_its_weight_dtype():
     assert model.hidden_states(jnp.asarray(ids)).dtype == jnp.bfloat16
 
 
-def test_decode_step_writes_few_score_sized_buffers():
-    """(B, H, 1, S) float32 buffers a compiled decode step writes: at most four per layer (scores, masked
-    scores, exponentials, their relaid copy; no normalised probabilities, no bf16 rounding pass)."""
-    cfg = OPTConfig.tiny(max_position_embeddings=512)
-    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
-    sparsify(model, 0.5)
+def _float32_buffers_of_a_decode_step(cfg, model, slots):
+    """The non-unit dims (sorted) of every float32 buffer a compiled decode step writes (bitcasts aside)."""
     graphdef, state = nnx.split(model)
-    slots = 200
     step = jax.jit(lambda state, cache, token: nnx.merge(graphdef, state).decode(token, cache, 5))
     cache = KVCache.zeros(cfg, 1, slots, model.compute_dtype)
     text = step.lower(state, cache, jnp.ones((1, 1), jnp.int32)).compile().as_text()
-    entry = text[text.index("ENTRY"):]
+    lines = [line for line in text[text.index("ENTRY"):].splitlines() if " = f32[" in line and " bitcast(" not in line]
+    # "%x = f32[1,4,1,200]{...} op(...)" -> [4, 200]
+    return [sorted(int(d) for d in line.split(" = f32[")[1].split("]")[0].split(",") if d and int(d) != 1)
+            for line in lines]
 
-    def dims(line):  # the non-unit dims of a float32 result, e.g. "%x = f32[1,4,1,200]{...} op(...)"
-        return sorted(int(d) for d in line.split(" = f32[")[1].split("]")[0].split(",") if d and int(d) != 1)
 
-    sized = [line for line in entry.splitlines() if " = f32[" in line and " bitcast(" not in line
-             and dims(line) == sorted([cfg.num_attention_heads, slots])]
-    assert 0 < len(sized) <= 4 * cfg.num_hidden_layers, sized
+@pytest.mark.parametrize("reference", [False, True], ids=["kernel", "reference"])
+def test_decode_step_writes_no_score_sized_buffers_and_no_float32_cache(monkeypatch, reference):
+    """A compiled decode step of a bf16 (sparsified) model on the CPU: the fused attention kernel writes no
+    (B, H, 1, S) float32 buffer and no float32 copy of the (B, H, D, S) / (B, H, S, D) cache. The jnp
+    reference writes up to four score-sized buffers per layer and a widened cache copy: the check sees them."""
+    if reference:
+        monkeypatch.setenv(attention.ENV, "reference")
+    cfg = OPTConfig.tiny(max_position_embeddings=512)
+    model = OPTForCausalLM(cfg, rngs=nnx.Rngs(0))
+    sparsify(model, 0.5)
+    assert model.compute_dtype == jnp.bfloat16
+    slots = 200
+    buffers = _float32_buffers_of_a_decode_step(cfg, model, slots)
+    scores = [b for b in buffers if b == sorted([cfg.num_attention_heads, slots])]
+    cache = [b for b in buffers if b == sorted([cfg.num_attention_heads, cfg.head_dim, slots])]
+    if reference:
+        assert 0 < len(scores) <= 4 * cfg.num_hidden_layers and cache, buffers
+    else:
+        assert not scores and not cache, buffers

@@ -7,7 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
 
+#include "cpu/attention_cpu.h"
 #include "cpu/numeric.h"
 #include "cpu/staged.h"
 #include "flashllm/format.h"
@@ -34,6 +38,8 @@ void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t
 
 #include "cpu/tile_kernel.inc"
 
+#include "cpu/attention_kernel.inc"
+
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
   if (width == 1) tile_task_gemv<Vec8, D>(s, mt, chunk);
@@ -48,6 +54,10 @@ int64_t max_chunk() { return 32; }
 int64_t padded_width(int64_t cols) { return cols == 1 ? 1 : cols <= 4 ? 4 : (cols + 7) / 8 * 8; }
 
 void run_task(const Staged& s, int64_t mt, int64_t chunk) { dispatch_task(s, mt, chunk); }
+
+void attention_rows(const AttentionProblem& p, int64_t first, int64_t count) {
+  attention_rows_for<Vec8>(p, first, count);
+}
 
 }  // namespace flashllm::cpu::avx2
 

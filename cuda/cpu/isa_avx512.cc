@@ -7,7 +7,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
 
+#include "cpu/attention_cpu.h"
 #include "cpu/numeric.h"
 #include "cpu/staged.h"
 #include "flashllm/format.h"
@@ -199,6 +203,8 @@ void expand_bitmap_tile(const uint16_t* v, const uint16_t* v_end, const uint32_t
 
 #include "cpu/tile_kernel.inc"
 
+#include "cpu/attention_kernel.inc"
+
 template <Dtype D>
 void run(const Staged& s, int64_t mt, int64_t chunk, int64_t width) {
   if (width <= kBlockGemvMaxCols && D == Dtype::kBFloat16 && has_block_gemv(s.p->format)) {
@@ -219,6 +225,10 @@ int64_t padded_width(int64_t cols) {
 }
 
 void run_task(const Staged& s, int64_t mt, int64_t chunk) { dispatch_task(s, mt, chunk); }
+
+void attention_rows(const AttentionProblem& p, int64_t first, int64_t count) {
+  attention_rows_for<Vec16>(p, first, count);
+}
 
 }  // namespace flashllm::cpu::avx512
 

@@ -9,7 +9,8 @@
 
 namespace flashllm::cpu {
 
-enum class Dtype { kFloat16, kBFloat16 };
+// kFloat32 only for the attention kernel's q and KV cache; the sparse matmul takes 16-bit types.
+enum class Dtype { kFloat16, kBFloat16, kFloat32 };
 
 inline float bits_to_float(uint32_t u) { return flashllm::bits_float(u); }
 

@@ -6,6 +6,7 @@
 
 #include <vector>
 
+#include "cpu/attention_cpu.h"
 #include "cpu/spmm_cpu.h"
 #include "ffi/cpu_handler.h"
 #include "flashllm/format.h"
@@ -16,6 +17,7 @@ NB_MODULE(_flashllm_cpu, m) {
   m.def("registrations", [] {
     nb::dict d;
     d["flashllm_spmm_cpu"] = nb::capsule(reinterpret_cast<void*>(FlashllmSpmmCpu));
+    d["flashllm_attention_cpu"] = nb::capsule(reinterpret_cast<void*>(FlashllmAttentionCpu));
     return d;
   });
   // Instruction-set variant of the CPU kernel: tests and benchmarks run each one (cuda/cpu/spmm_cpu.h).
@@ -28,6 +30,8 @@ NB_MODULE(_flashllm_cpu, m) {
   // Every variant built, with why this CPU cannot run it ("" if it can): tests skip with the reason.
   m.def("cpu_isas_built", [] { return flashllm::cpu::all_isas(); });
   m.def("set_cpu_isa", [](const std::string& name) { return flashllm::cpu::set_active_isa(name); });
+  // The bias value the attention kernel skips as masked, for the test that mask_bias writes it.
+  m.def("attention_masked_bias", [] { return flashllm::cpu::kMaskedBias; });
   // The format ids (flashllm/format.h) this build's CPU kernel takes, so Python can tell what it supports.
   m.def("formats", [] { return flashllm::cpu::supported_formats(); });
   // Exposed so tests can check the Python encoder's mirror against what the kernels were built with.

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jax_flashllm.attention import attention, attention_over_heads
 from jax_flashllm.nn import PackedEmbed
 
 # OPT stores learned positions with two leading rows (a fairseq leftover): position p is row p + 2.
@@ -233,31 +234,21 @@ def mask_bias(mask: jax.Array) -> jax.Array:
     return jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)[:, None]
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
-    """Softmax attention. q: (B, T, H, D) already scaled; k: (B, H, D, S); v: (B, H, S, D);
-    bias: (B, 1, T, S) float32 (see mask_bias). Returns (B, T, H, D) in q's dtype.
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, heads_split=None) -> jax.Array:
+    """Softmax attention, named "attention" in profiles. q: (B, T, H, D) already scaled, in the compute
+    dtype; k: (B, H, D, S), v: (B, H, S, D) in the cache's dtype; bias: (B, 1, T, S) float32 (see
+    mask_bias). Returns (B, T, H, D) in q's dtype; scores, softmax and sums in float32.
 
-    Both dots run in float32: XLA's CPU backend widens 16-bit dot operands to float32 anyway, so a bf16
-    cache is read once per layer into a float32 copy (the price of storing it in half the bytes), and the
-    probabilities stay float32 (rounding them to bf16 only added a pass) and unnormalised until after the
-    second dot (no normalised copy). XLA still writes four (B, H, T, S) float32 buffers per layer: the
-    scores, the masked scores, their exponentials and a relaid copy of those for the second dot
-    (tests/test_opt.py counts them); one would take a fused attention kernel.
+    On the CPU this is the fused kernel (jax_flashllm.attention): no (B, H, T, S) buffer and no float32
+    copy of a 16-bit cache per layer, and key blocks masked for every query (the empty tail of the cache)
+    are skipped. Elsewhere, or with FLASHLLM_ATTENTION=reference, it is attention_reference's jnp.
+    heads_split: None, or (mesh, axis) when sharding.shard_model has split the heads over a mesh axis: each
+    device then attends with its own heads.
     """
-    if bias.dtype != jnp.float32 or bias.ndim != 4:
-        # A boolean mask would broadcast into the scores as 0/1 and silently attend everywhere.
-        raise TypeError(f"attention bias must be float32 (B, 1, T, S) from mask_bias(mask), got "
-                        f"{bias.dtype} {bias.shape}")
     with jax.named_scope("attention"):
-        f32 = jnp.float32
-        # (B, H, T, S)
-        scores = jnp.einsum("BTHD,BHDS->BHTS", q.astype(f32), k.astype(f32)) + bias
-        weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-        # (B, H, T)
-        total = jnp.sum(weights, axis=-1)
-        # (B, T, H, D)
-        y = jnp.einsum("BHTS,BHSD->BTHD", weights, v.astype(f32))
-        return (y / jnp.swapaxes(total, 1, 2)[..., None]).astype(q.dtype)
+        if heads_split is not None:
+            return attention_over_heads(q, k, v, bias, *heads_split)
+        return attention(q, k, v, bias)
 
 
 class OPTAttention(nnx.Module):
@@ -267,6 +258,8 @@ class OPTAttention(nnx.Module):
             return _linear(cfg, m, m, bias, dtype, rngs)
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = linear(), linear(), linear(), linear()
         self.num_heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        # (mesh, axis) once sharding.shard_model has split the heads over a mesh axis, else None.
+        self.heads_split = None
 
     def __call__(self, x, bias, kv=None, index=None):
         """x: (B, T, M); bias: (B, 1, T, S) float32 (mask_bias); kv: optional cache (k (B, H, D, S),
@@ -287,7 +280,7 @@ class OPTAttention(nnx.Module):
             with jax.named_scope("attention"):
                 k = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, 0, 0, index))
                 v = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, 0, index, 0))
-        y = attend(q, k, v, bias).reshape(b, t, -1)
+        y = attend(q, k, v, bias, self.heads_split).reshape(b, t, -1)
         return _project(self.out_proj, y), (k, v)
 
 
