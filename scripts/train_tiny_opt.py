@@ -193,7 +193,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="tests/data/opt_stdlib", help="where seed 0's checkpoint goes")
     p.add_argument("--work", default="/tmp/opt_stdlib_seeds", help="where the other seeds' checkpoints go")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=700)
+    p.add_argument("--steps", type=int, default=5000,
+                   help="AdamW steps of --batch x --window tokens (5000: ~19 passes over the train split; at 700 "
+                        "the model was too undertrained for pruning to separate the methods)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--vocab", type=int, default=2048)
