@@ -2,8 +2,8 @@
 
 1. embed the calibration batch;
 2. for each decoder layer: run it once on the current hidden states, accumulating the Gram matrix X^T X of
-   the inputs of each of its Linear layers (q, k, v, out, fc1, fc2); prune the six; run the *pruned* layer
-   to get the next layer's inputs;
+   the inputs of each of its Linear layers (q, k, v, out, fc1, fc2; ``prune.calibrate``, one compiled
+   program for every layer); prune the six; run the *pruned* layer to get the next layer's inputs;
 3. encode the pruned Linear layers as SparseLinear (through ``nn.sparsify``, which then prunes nothing).
 
 Embeddings, the LM head and project_in / project_out stay dense, as published. Only the Gram matrices are
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +26,7 @@ from flax import nnx
 from jax_flashllm import nn as _nn
 from jax_flashllm._log import logger, progress
 from jax_flashllm.models.opt import mask_bias
+from jax_flashllm.prune.calibrate import layer_grams, layer_outputs
 from jax_flashllm.prune.magnitude import magnitude_mask
 from jax_flashllm.prune.masks import check_sparsity, nm_mask, parse_nm
 from jax_flashllm.prune.sparsegpt import sparsegpt
@@ -77,31 +79,6 @@ class PruneReport:
         return "\n".join(lines)
 
 
-@jax.jit
-def _gram(x, valid):
-    """x: (B, T, K), valid: (B, T) bool -> (K, K) float32 sum of x x^T over the real tokens."""
-    x = jnp.where(valid[..., None], x.astype(jnp.float32), 0.0).reshape(-1, x.shape[-1])
-    return jnp.einsum("TK,TJ->KJ", x, x, precision=jax.lax.Precision.HIGHEST)
-
-
-class _Recorder(nnx.Module):
-    """Stands in for a Linear during calibration: adds its input's Gram matrix to ``stats`` and calls it."""
-
-    def __init__(self, linear: nnx.Linear, stats: dict, name: str, valid: list):
-        self.linear, self._stats, self._name, self._valid = linear, stats, name, valid
-
-    def __call__(self, x):
-        g = _gram(x, self._valid[0])
-        self._stats[self._name] = g if self._name not in self._stats else self._stats[self._name] + g
-        return self.linear(x)
-
-
-def _submodule(root, dotted: str):
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
-
-
 def _prune_weight(w, gram, tokens, method, sparsity, nm, blocksize, damp):
     """w: (M, K) float32, gram: (K, K) -> pruned w (M, K) float32."""
     if method == "sparsegpt":
@@ -113,12 +90,14 @@ def _prune_weight(w, gram, tokens, method, sparsity, nm, blocksize, damp):
     return jnp.where(keep, w, 0.0)
 
 
-def _relative_error(w, pruned, gram) -> float:
+@jax.jit
+def _relative_error(w, pruned, gram):
+    """w, pruned: (M, K) float32, gram: (K, K) -> () float32 tr(D G D^T) / tr(W G W^T), D = w - pruned."""
     d = w - pruned
     hp = jax.lax.Precision.HIGHEST
     num = jnp.sum(jnp.matmul(d, gram, precision=hp) * d)
     den = jnp.sum(jnp.matmul(w, gram, precision=hp) * w)
-    return float(num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny))
+    return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)
 
 
 def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "sparsegpt", nm=None,
@@ -154,6 +133,7 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
     # A decoder layer takes the additive score bias (B, 1, T, T) that OPT builds once per call.
     masks = [mask_bias(causal[None] & valid[b][:, None, :]) for b in batches]
     hidden = [model._embed(ids[b], positions[b]) for b in batches]
+    valids = [valid[b] for b in batches]
 
     reports = []
     modules = dict(nnx.iter_graph(model))
@@ -163,26 +143,26 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
         raise ValueError(f"the model is already sparse ({done[0]} is a SparseLinear); prune its dense original")
     for i, layer in enumerate(progress(model.layers, desc=f"pruning ({method})", total=len(model.layers),
                                        unit="layer", show=show_progress)):
-        stats, current = {}, [None]
+        started = time.perf_counter()
+        grams = jax.block_until_ready(layer_grams(layer, _SUBLAYERS, hidden, masks, valids))
+        calibrated = time.perf_counter()
         for name in _SUBLAYERS:
-            path = ("layers", i) + tuple(name.split("."))
-            _nn.set_submodule(model, path, _Recorder(modules[path], stats, name, current), modules)
-        for b, x, mask in zip(batches, hidden, masks):
-            current[0] = valid[b]
-            layer(x, mask)
-        for name in _SUBLAYERS:
-            path = ("layers", i) + tuple(name.split("."))
-            linear = modules[path]
-            _nn.set_submodule(model, path, linear, modules)
+            linear = modules[("layers", i) + tuple(name.split("."))]
             w = linear.kernel[...].astype(jnp.float32).T
-            pruned = _prune_weight(w, stats[name], tokens, method, sparsity, nm, blocksize, damp)
+            pruned = _prune_weight(w, grams[name], tokens, method, sparsity, nm, blocksize, damp)
             linear.kernel = nnx.Param(pruned.T.astype(linear.kernel[...].dtype))
             report = LayerPruneReport(f"layers.{i}.{name}", tuple(w.shape),
                                       float(jnp.mean(linear.kernel[...] == 0)),
-                                      _relative_error(w, pruned, stats[name]))
+                                      float(_relative_error(w, pruned, grams[name])))
             logger.info("%s: sparsity %.3f, relative error %.4g", report.name, report.sparsity, report.error)
             reports.append(report)
-        hidden = [layer(x, mask)[0] for x, mask in zip(hidden, masks)]
+        solved = time.perf_counter()
+        # The last layer's outputs feed nothing that is pruned.
+        if i + 1 < len(model.layers):
+            hidden = layer_outputs(layer, hidden, masks)
+            jax.block_until_ready(hidden)
+        logger.info("layer %d: calibration %.1f s, pruning %.1f s, pruned forward %.1f s", i,
+                    calibrated - started, solved - calibrated, time.perf_counter() - solved)
 
     encoded = None
     if encode:
