@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import prune_reference as ref
 from jax_flashllm.models import OPTConfig, OPTForCausalLM
 from jax_flashllm.models.opt import mask_bias
-from jax_flashllm.nn import set_submodule
 from jax_flashllm.prune import calibrate
 
 _NAMES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2")
-
-
-class _Capture(nnx.Module):
-    def __init__(self, linear, inputs):
-        self.linear, self._inputs = linear, inputs
-
-    def __call__(self, x):
-        self._inputs.append(np.asarray(x, np.float64))
-        return self.linear(x)
 
 
 def _batches(model, ids, valid, sizes):
@@ -44,20 +35,22 @@ def test_layer_grams_match_float64_grams_of_the_captured_inputs(post_ln):
     grams = calibrate.layer_grams(model.layers[0], _NAMES, xs, biases, valids)
 
     # Reference: run the layer eagerly with every Linear recording its inputs.
-    inputs = {name: [] for name in _NAMES}
-    modules = dict(nnx.iter_graph(model))
-    for name in _NAMES:
-        path = ("layers", 0) + tuple(name.split("."))
-        set_submodule(model, path, _Capture(modules[path], inputs[name]), modules)
-    for x, bias in zip(xs, biases):
-        model.layers[0](x, bias)
+    paths = [("layers", 0) + tuple(name.split(".")) for name in _NAMES]
+    inputs = ref.linear_inputs(model, paths, lambda: [model.layers[0](x, bias) for x, bias in zip(xs, biases)])
     mask = np.concatenate([np.asarray(v) for v in valids]).reshape(-1)
-    for name in _NAMES:
-        rows = np.concatenate([a.reshape(-1, a.shape[-1]) for a in inputs[name]])[mask]
+    for name, path in zip(_NAMES, paths):
+        rows = inputs[path][mask]
         expected = rows.T @ rows
         np.testing.assert_allclose(np.asarray(grams[name]), expected, rtol=2e-5,
                                    atol=2e-6 * np.abs(expected).max(), err_msg=name)
     np.testing.assert_array_equal(grams["self_attn.q_proj"], grams["self_attn.v_proj"])
+
+    norms, outputs = calibrate.layer_norms(model.layers[0], _NAMES, xs, biases, valids)
+    for name, path in zip(_NAMES, paths):
+        np.testing.assert_allclose(np.asarray(norms[name]), np.sqrt((inputs[path][mask] ** 2).sum(0)), rtol=2e-5,
+                                   err_msg=name)
+    for out, x, bias in zip(outputs, xs, biases):
+        np.testing.assert_allclose(np.asarray(out), np.asarray(model.layers[0](x, bias)[0]), rtol=1e-5, atol=1e-5)
 
 
 def test_layer_outputs_are_the_layer_and_one_program_serves_every_layer():

@@ -26,9 +26,10 @@ from flax import nnx
 from jax_flashllm import nn as _nn
 from jax_flashllm._log import logger, progress
 from jax_flashllm.models.opt import mask_bias
-from jax_flashllm.prune.calibrate import layer_grams, layer_outputs
+from jax_flashllm.prune.calibrate import layer_grams, layer_norms, layer_outputs
 from jax_flashllm.prune.magnitude import magnitude_mask
 from jax_flashllm.prune.masks import check_sparsity, nm_mask, parse_nm
+from jax_flashllm.prune.owl import outlier_ratio, owl_sparsities, parse_owl
 from jax_flashllm.prune.sparsegpt import sparsegpt
 from jax_flashllm.prune.wanda import wanda
 
@@ -57,6 +58,9 @@ class PruneReport:
     method: str
     layers: tuple[LayerPruneReport, ...]
     encoded: _nn.SparsifyReport | None = None
+    # With OWL, per decoder layer: its outlier ratio and the sparsity asked of its Linears.
+    outlier_ratios: tuple[float, ...] | None = None
+    layer_sparsities: tuple[float, ...] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -72,6 +76,9 @@ class PruneReport:
                          f"{r.error:>10.4f}")
         lines.append(f"{'total (' + self.method + ')':<{width}}  {len(self.layers):>7} layers  "
                      f"{self.sparsity:>8.3f}")
+        if self.outlier_ratios is not None:
+            lines += [f"OWL: layers.{i} sparsity {s:.3f} (outlier ratio {r:.2%})"
+                      for i, (r, s) in enumerate(zip(self.outlier_ratios, self.layer_sparsities))]
         if self.encoded is not None:
             ratio = self.encoded.dense_bytes / max(self.encoded.sparse_bytes, 1)
             lines.append(f"encoded: {self.encoded.dense_bytes:,} -> {self.encoded.sparse_bytes:,} bytes "
@@ -100,24 +107,41 @@ def _relative_error(w, pruned, gram):
     return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)
 
 
+def _outlier_ratios(model, modules, hidden, masks, valids, m: float) -> list[float]:
+    """OWL's outlier ratio of every decoder layer, on the dense model (as the reference does): the inputs'
+    column norms and each layer's dense outputs come from one pass per layer."""
+    ratios = []
+    for i, layer in enumerate(model.layers):
+        norms, hidden = layer_norms(layer, _SUBLAYERS, hidden, masks, valids)
+        weights = [modules[("layers", i) + tuple(name.split("."))].kernel[...].T for name in _SUBLAYERS]
+        ratios.append(outlier_ratio(weights, [norms[name] for name in _SUBLAYERS], m))
+    return ratios
+
+
 def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "sparsegpt", nm=None,
                 attention_mask=None, blocksize: int = 128, damp: float = 0.01, encode: bool = True,
-                dtype=None, batch_size: int = 8, show_progress: bool | None = None) -> PruneReport:
+                dtype=None, batch_size: int = 8, owl=False, show_progress: bool | None = None) -> PruneReport:
     """Prune the decoder Linear layers of ``model`` (an OPTForCausalLM) in place, layer by layer.
 
     calib_ids: (S, T) int calibration sequences (T <= max_position_embeddings); attention_mask: (S, T) 0/1,
     padding excluded from the statistics. sparsity: fraction pruned per Linear; nm=(n, m) or "n:m" keeps n of
     every m inputs per row instead (sparsity may then be None). method: "sparsegpt" (blocksize, damp as in
     ``prune.sparsegpt``), "wanda" or "magnitude" (per layer, or per N:M group). batch_size: calibration
-    sequences per forward pass. encode: replace the pruned Linears by SparseLinear (``dtype`` float16 |
+    sequences per forward pass. owl: True or (M, lambda) (default (5, 0.08)) gives each decoder layer its
+    own sparsity by OWL (``prune.owl``; mean ``sparsity``, not with nm), from one extra dense pass over the
+    calibration data. encode: replace the pruned Linears by SparseLinear (``dtype`` float16 |
     bfloat16 storage, None: nn.sparsify's default; format "auto" where sparsify offers it); otherwise they
     stay dense nnx.Linear with zeros.
 
-    Returns a PruneReport (per layer: achieved sparsity and relative reconstruction error).
+    Returns a PruneReport (per layer: achieved sparsity and relative reconstruction error; with OWL the
+    outlier ratio and sparsity of each decoder layer).
     """
     if method not in CALIBRATED_METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(CALIBRATED_METHODS)}")
     sparsity = check_sparsity(sparsity, nm)
+    owl = parse_owl(owl)
+    if owl is not None and nm is not None:
+        raise ValueError("OWL gives each layer its own sparsity; an N:M pattern fixes it (use one of them)")
     nm = None if nm is None else parse_nm(nm)
     ids = jnp.asarray(calib_ids, jnp.int32)
     if ids.ndim != 2 or ids.shape[1] > model.config.max_position_embeddings:
@@ -141,6 +165,11 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
             if p[:1] == ("layers",) and isinstance(m, _nn.SparseLinear)]
     if done:
         raise ValueError(f"the model is already sparse ({done[0]} is a SparseLinear); prune its dense original")
+    ratios, targets = None, [sparsity] * len(model.layers)
+    if owl is not None:
+        ratios = _outlier_ratios(model, modules, hidden, masks, valids, owl[0])
+        targets = [float(s) for s in owl_sparsities(ratios, sparsity, owl[1])]
+        logger.info("OWL (M=%g, lambda=%g): layer sparsities %s", *owl, ", ".join(f"{s:.3f}" for s in targets))
     for i, layer in enumerate(progress(model.layers, desc=f"pruning ({method})", total=len(model.layers),
                                        unit="layer", show=show_progress)):
         started = time.perf_counter()
@@ -149,7 +178,7 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
         for name in _SUBLAYERS:
             linear = modules[("layers", i) + tuple(name.split("."))]
             w = linear.kernel[...].astype(jnp.float32).T
-            pruned = _prune_weight(w, grams[name], tokens, method, sparsity, nm, blocksize, damp)
+            pruned = _prune_weight(w, grams[name], tokens, method, targets[i], nm, blocksize, damp)
             linear.kernel = nnx.Param(pruned.T.astype(linear.kernel[...].dtype))
             report = LayerPruneReport(f"layers.{i}.{name}", tuple(w.shape),
                                       float(jnp.mean(linear.kernel[...] == 0)),
@@ -170,4 +199,5 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
         kwargs = {"format": "auto"} if "format" in inspect.signature(_nn.sparsify).parameters else {}
         # sparsity 0: the zeros chosen above are the pruned positions; sparsify only encodes.
         encoded = _nn.sparsify(model, 0.0, include=lambda path: path in names, dtype=dtype, **kwargs)
-    return PruneReport(method, tuple(reports), encoded)
+    return PruneReport(method, tuple(reports), encoded, None if ratios is None else tuple(ratios),
+                       None if ratios is None else tuple(targets))

@@ -159,8 +159,9 @@ def _blocks(w, u, k, count, *, sparsity, nm, blocksize):
     return jax.lax.fori_loop(0, count, block, w)
 
 
-@functools.partial(jax.jit, static_argnames=("sparsity", "nm", "blocksize", "damp"))
-def _sparsegpt(w, h, *, sparsity, nm, blocksize, damp):
+# sparsity is traced: OWL gives every decoder layer its own, and one program per shape serves them all.
+@functools.partial(jax.jit, static_argnames=("nm", "blocksize", "damp"))
+def _sparsegpt(w, h, sparsity, *, nm, blocksize, damp):
     rows, k = w.shape
     u, dead = inverse_hessian_factor(h, damp)
     w = jnp.where(dead[None, :], 0.0, w.astype(jnp.float32))
@@ -209,7 +210,7 @@ def sparsegpt(w: jax.Array, x: jax.Array | None, sparsity: float | None, *, nm=N
         if k % nm[1] or blocksize % nm[1]:
             raise ValueError(f"{nm[0]}:{nm[1]} pruning needs m={nm[1]} to divide in_features {k} and "
                              f"blocksize {blocksize}")
-    out = _sparsegpt(w, h, sparsity=sparsity, nm=nm, blocksize=int(blocksize), damp=float(damp))
+    out = _sparsegpt(w, h, jnp.float32(sparsity), nm=nm, blocksize=int(blocksize), damp=float(damp))
     if not bool(jnp.all(jnp.isfinite(out))):
         raise ValueError("SparseGPT: the damped Hessian is not positive definite (non-finite update); "
                          f"raise damp (now {damp}) or use more calibration tokens")
