@@ -99,6 +99,7 @@ def _nm(text: str | None):
 def cmd_prune(args) -> int:
     from jax_flashllm.models import save_model
     from jax_flashllm.prune import prune_model
+    from jax_flashllm.prune.owl import DEFAULT_OWL
 
     model = load_any(_model_dir(args.model), "float32")
     tokenizer, tokenizer_path = _tokenizer(args)
@@ -106,8 +107,13 @@ def cmd_prune(args) -> int:
     tokens = min(args.calib_tokens or max_tokens, max_tokens)
     calib = calibration_windows(_read_ids(tokenizer, args.calib), args.calib_samples, tokens, args.seed)
     sparsity = args.sparsity if args.sparsity is not None else None if args.nm is not None else 0.5
+    owl = False
+    if args.owl or args.owl_m is not None or args.owl_lambda is not None:
+        m, lam = DEFAULT_OWL
+        owl = (m if args.owl_m is None else args.owl_m, lam if args.owl_lambda is None else args.owl_lambda)
     report = prune_model(model, calib, sparsity, method=args.method, nm=args.nm, blocksize=args.blocksize,
-                         damp=args.damp, dtype=args.dtype, batch_size=args.batch_size)
+                         damp=args.damp, dtype=args.dtype, batch_size=args.batch_size,
+                         owl=owl)
     print(report)
     save_model(model, args.out)
     shutil.copyfile(tokenizer_path, os.path.join(args.out, "tokenizer.json"))
@@ -170,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--damp", type=float, default=0.01, help="SparseGPT dampening, x mean(diag H)")
     p.add_argument("--dtype", choices=("bfloat16", "float16"), help="sparse weight storage (default bfloat16)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward pass")
+    p.add_argument("--owl", action="store_true", help="OWL: a sparsity per decoder layer from its outlier "
+                   "ratio, same mean (not with --nm)")
+    p.add_argument("--owl-m", type=float, help="OWL outlier threshold, x the mean score (default: the paper's 5; "
+                   "implies --owl)")
+    p.add_argument("--owl-lambda", type=float,
+                   help="OWL spread: layer sparsities span 2 lambda around the target (default: the paper's "
+                   "0.08; implies --owl)")
     p.set_defaults(run=cmd_prune)
 
     p = sub.add_parser("eval", help="perplexity of a model on a text file",

@@ -62,3 +62,34 @@ def reconstruction_error(w, w_pruned, x):
     x = np.asarray(x, np.float64)
     ref = x @ np.asarray(w, np.float64).T
     return float(((ref - x @ np.asarray(w_pruned, np.float64).T) ** 2).sum() / (ref ** 2).sum())
+
+
+def linear_inputs(model, paths, run):
+    """Call run() with the Linears of `model` at `paths` (nnx.iter_graph paths) recording their inputs, then
+    put them back. Returns {path: (N, K) float64, the rows of every call in order}."""
+    from flax import nnx
+
+    from jax_flashllm.nn import set_submodule
+
+    class Capture(nnx.Module):
+        def __init__(self, linear, rows):
+            self.linear, self._rows = linear, rows
+
+        @property
+        def kernel(self):  # OPT reads its Linears' dtype from here
+            return self.linear.kernel
+
+        def __call__(self, x):
+            self._rows.append(np.asarray(x, np.float64).reshape(-1, x.shape[-1]))
+            return self.linear(x)
+
+    modules = dict(nnx.iter_graph(model))
+    rows = {path: [] for path in paths}
+    for path in paths:
+        set_submodule(model, path, Capture(modules[path], rows[path]), modules)
+    try:
+        run()
+    finally:
+        for path in paths:
+            set_submodule(model, path, modules[path], modules)
+    return {path: np.concatenate(r) for path, r in rows.items()}

@@ -109,3 +109,63 @@ def test_keep_largest_counts_and_ties_by_position(prune_count):
         expected = np.ones(32, bool)
         expected[order[:prune_count]] = False
         np.testing.assert_array_equal(keep[row], expected)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("prune_count", [0, 1, 150, 299, 300])
+def test_keep_largest_by_bisection_on_long_rows(prune_count, dtype):
+    # Rows of 300 take the bit bisection; ties, signed zeros, negatives and infinities as a sort orders them.
+    rng = np.random.default_rng(7)
+    scores = rng.integers(-3, 4, (4, 300)).astype(np.float32) * rng.choice([0.5, 1.0], (4, 300))
+    scores[0, :40] = -0.0
+    scores[1, ::7] = np.inf
+    scores[2, 5:9] = -np.inf
+    scores[3] = rng.standard_normal(300)
+    scores = np.asarray(jnp.asarray(scores, dtype).astype(jnp.float32))
+    keep = np.asarray(prune.keep_largest(jnp.asarray(scores, dtype), prune_count))
+    for row in range(4):
+        expected = np.ones(300, bool)
+        expected[np.argsort(scores[row], kind="stable")[:prune_count]] = False
+        np.testing.assert_array_equal(keep[row], expected)
+
+
+def test_kth_smallest_equals_the_sorted_value():
+    from jax_flashllm.prune.masks import _kth_smallest
+
+    rng = np.random.default_rng(8)
+    scores = (rng.standard_normal((3, 500)) * 10.0 ** rng.integers(-30, 30, (3, 500))).astype(np.float32)
+    scores[0, :3] = [np.nan, -np.nan, np.inf]
+    index = np.array([[0], [250], [499]], np.int32)
+    for col in (0, 17, 250, 496, 499):
+        got = np.asarray(_kth_smallest(jnp.asarray(scores), jnp.asarray(index * 0 + col)))
+        np.testing.assert_array_equal(got[:, 0], np.sort(scores, axis=-1)[:, col])
+    got = np.asarray(_kth_smallest(jnp.asarray(scores), jnp.asarray(index)))
+    np.testing.assert_array_equal(got[:, 0], np.sort(scores, axis=-1)[np.arange(3), index[:, 0]])
+
+
+@pytest.mark.parametrize("block", [32, 256])
+def test_inverse_hessian_factor_in_blocks_against_float64(block, monkeypatch):
+    # K = 100 in blocks of 32: four diagonal blocks, the last one short; one dead input.
+    import importlib
+
+    sparsegpt_module = importlib.import_module("jax_flashllm.prune.sparsegpt")
+    monkeypatch.setattr(sparsegpt_module, "_FACTOR_BLOCK", block)
+    _, x = _layer(9, k=100, t=400)
+    x[:, 17] = 0.0
+    h = (2.0 * x.T.astype(np.float64) @ x / x.shape[0])
+    u, dead = sparsegpt_module.inverse_hessian_factor(jnp.asarray(h, jnp.float32), 0.01)
+    u, dead = np.asarray(u, np.float64), np.asarray(dead)
+    assert dead.tolist() == [i == 17 for i in range(100)]
+    h[17, 17] = 1.0
+    h += 0.01 * np.mean(np.diag(h)) * np.eye(100)
+    np.testing.assert_array_equal(np.tril(u, -1), 0.0)
+    expected = np.linalg.cholesky(np.linalg.inv(h)).T
+    np.testing.assert_allclose(u, expected, atol=2e-5 * np.abs(expected).max())
+
+
+def test_sparsegpt_rejects_an_indefinite_hessian():
+    w, _ = _layer(10, k=40)
+    h = np.eye(40, dtype=np.float32)
+    h[3, 3] = -1.0
+    with pytest.raises(ValueError, match="positive definite"):
+        prune.sparsegpt(w, None, 0.5, hessian=h, damp=0.0)

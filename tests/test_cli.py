@@ -60,6 +60,18 @@ def test_generate(pruned, capsys):
     assert out == f"Return the{texts[0]}\nThe{texts[1]}\n"
 
 
+def test_prune_with_owl(tmp_path, capsys):
+    out = str(tmp_path / "owl")
+    assert main(["prune", "--model", DATA, "--method", "wanda", "--sparsity", "0.6", "--owl", "--owl-lambda", "0.04",
+                 "--calib", os.path.join(DATA, "calib.txt"), "--calib-samples", "2", "--calib-tokens", "32",
+                 "--out", out]) == 0
+    report = capsys.readouterr().out
+    assert "OWL: layers.0 " in report
+    model = load_model(out)
+    densities = [float(np.mean(np.asarray(layer.fc1.weight.to_dense()) != 0)) for layer in model.layers]
+    assert np.mean(densities) == pytest.approx(0.4, abs=0.005) and np.ptp(densities) == pytest.approx(0.08, abs=0.01)
+
+
 def test_help_of_every_command_shows_examples():
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for command in ("prune", "eval", "generate"):

@@ -4,6 +4,7 @@
 - ``wanda``: |W_ij| * ||X_j|| per output row, calibrated, no update;
 - ``sparsegpt``: OBS column-by-column pruning with weight updates, calibrated;
 - ``masks``: exact-count and N:M selection shared by the calibrated methods;
+- ``calibrate``: Gram matrices of a decoder layer's Linear inputs, accumulated in one compiled forward;
 - ``model``: ``prune_model``, layer-by-layer pruning of a whole OPT model on calibration tokens.
 
 Weights are (M, K) = (out_features, in_features); masks are boolean with True = kept.

@@ -42,16 +42,48 @@ def parse_nm(nm) -> tuple[int, int]:
     return n, m
 
 
+def _kth_smallest(scores: jax.Array, index: jax.Array) -> jax.Array:
+    """scores: (..., n) float32, index: (..., 1) int32 in [0, n) -> (..., 1) the index-th smallest score of
+    each row (0-based), the value a sort would put there.
+
+    Bisection on the bits: a float32 maps to a uint32 key in the same order (flip all bits of negatives, set
+    the sign bit of the rest), and 32 counting passes fix the key bit by bit, top bit first. 10-20x faster
+    than XLA's CPU sort on a 768 x 128 SparseGPT block (2.5 ms against 24) or a 4096 x 4096 Wanda layer.
+    """
+    # One NaN, sorted last as jnp.sort does (a sign-bit NaN would map first).
+    scores = jnp.where(jnp.isnan(scores), jnp.nan, scores)
+    bits = jax.lax.bitcast_convert_type(scores, jnp.uint32)
+    sign = jnp.uint32(0x80000000)
+    key = jnp.where(bits >= sign, ~bits, bits | sign)
+    rank = index + 1
+
+    def step(b, low):
+        # The answer is in [low, low + 2^(32 - b) - 1]: keep the lower half if it holds `rank` scores.
+        half = jnp.left_shift(jnp.uint32(1), (31 - b).astype(jnp.uint32))
+        count = jnp.sum(key <= low + (half - 1), axis=-1, keepdims=True, dtype=jnp.int32)
+        return jnp.where(count >= rank, low, low + half)
+
+    found = jax.lax.fori_loop(0, 32, step, jnp.zeros(index.shape, jnp.uint32))
+    return jax.lax.bitcast_convert_type(jnp.where(found >= sign, found ^ sign, ~found), jnp.float32)
+
+
+# Rows at least this long select by bisection; shorter ones (N:M groups) sort, which is cheap there.
+_BISECT_MIN = 256
+
+
 def keep_largest(scores: jax.Array, prune: int | jax.Array) -> jax.Array:
     """scores: (..., n) float -> (..., n) bool, False for the ``prune`` smallest scores of each row.
 
     ``prune`` may be traced (a per-block count under jit). Ties at the threshold are pruned in position order.
-    One value sort and a cumsum: an argsort (twice, for ranks) cost 12x more on a 4096 x 128 SparseGPT block.
+    One threshold per row (the prune-th smallest score) and a cumsum over the ties: ranks by argsort (twice)
+    cost 12x more on a 4096 x 128 SparseGPT block.
     """
     n = scores.shape[-1]
-    ordered = jnp.sort(scores, axis=-1)
-    index = jnp.broadcast_to(jnp.clip(jnp.asarray(prune) - 1, 0, n - 1), scores.shape[:-1] + (1,))
-    threshold = jnp.take_along_axis(ordered, index, axis=-1)
+    index = jnp.broadcast_to(jnp.clip(jnp.asarray(prune, jnp.int32) - 1, 0, n - 1), scores.shape[:-1] + (1,))
+    if n >= _BISECT_MIN and jnp.issubdtype(scores.dtype, jnp.floating) and scores.dtype.itemsize <= 4:
+        threshold = _kth_smallest(scores.astype(jnp.float32), index).astype(scores.dtype)
+    else:
+        threshold = jnp.take_along_axis(jnp.sort(scores, axis=-1), index, axis=-1)
     below = scores < threshold
     ties = scores == threshold
     needed = prune - jnp.sum(below, axis=-1, keepdims=True)

@@ -2,8 +2,8 @@
 
 1. embed the calibration batch;
 2. for each decoder layer: run it once on the current hidden states, accumulating the Gram matrix X^T X of
-   the inputs of each of its Linear layers (q, k, v, out, fc1, fc2); prune the six; run the *pruned* layer
-   to get the next layer's inputs;
+   the inputs of each of its Linear layers (q, k, v, out, fc1, fc2; ``prune.calibrate``, one compiled
+   program for every layer); prune the six; run the *pruned* layer to get the next layer's inputs;
 3. encode the pruned Linear layers as SparseLinear (through ``nn.sparsify``, which then prunes nothing).
 
 Embeddings, the LM head and project_in / project_out stay dense, as published. Only the Gram matrices are
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 
 import jax
 import jax.numpy as jnp
@@ -25,8 +26,10 @@ from flax import nnx
 from jax_flashllm import nn as _nn
 from jax_flashllm._log import logger, progress
 from jax_flashllm.models.opt import mask_bias
+from jax_flashllm.prune.calibrate import layer_grams, layer_norms, layer_outputs
 from jax_flashllm.prune.magnitude import magnitude_mask
 from jax_flashllm.prune.masks import check_sparsity, nm_mask, parse_nm
+from jax_flashllm.prune.owl import outlier_ratio, owl_sparsities, parse_owl
 from jax_flashllm.prune.sparsegpt import sparsegpt
 from jax_flashllm.prune.wanda import wanda
 
@@ -55,6 +58,9 @@ class PruneReport:
     method: str
     layers: tuple[LayerPruneReport, ...]
     encoded: _nn.SparsifyReport | None = None
+    # With OWL, per decoder layer: its outlier ratio and the sparsity asked of its Linears.
+    outlier_ratios: tuple[float, ...] | None = None
+    layer_sparsities: tuple[float, ...] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -70,36 +76,14 @@ class PruneReport:
                          f"{r.error:>10.4f}")
         lines.append(f"{'total (' + self.method + ')':<{width}}  {len(self.layers):>7} layers  "
                      f"{self.sparsity:>8.3f}")
+        if self.outlier_ratios is not None:
+            lines += [f"OWL: layers.{i} sparsity {s:.3f} (outlier ratio {r:.2%})"
+                      for i, (r, s) in enumerate(zip(self.outlier_ratios, self.layer_sparsities))]
         if self.encoded is not None:
             ratio = self.encoded.dense_bytes / max(self.encoded.sparse_bytes, 1)
             lines.append(f"encoded: {self.encoded.dense_bytes:,} -> {self.encoded.sparse_bytes:,} bytes "
                          f"({ratio:.2f}x smaller)")
         return "\n".join(lines)
-
-
-@jax.jit
-def _gram(x, valid):
-    """x: (B, T, K), valid: (B, T) bool -> (K, K) float32 sum of x x^T over the real tokens."""
-    x = jnp.where(valid[..., None], x.astype(jnp.float32), 0.0).reshape(-1, x.shape[-1])
-    return jnp.einsum("TK,TJ->KJ", x, x, precision=jax.lax.Precision.HIGHEST)
-
-
-class _Recorder(nnx.Module):
-    """Stands in for a Linear during calibration: adds its input's Gram matrix to ``stats`` and calls it."""
-
-    def __init__(self, linear: nnx.Linear, stats: dict, name: str, valid: list):
-        self.linear, self._stats, self._name, self._valid = linear, stats, name, valid
-
-    def __call__(self, x):
-        g = _gram(x, self._valid[0])
-        self._stats[self._name] = g if self._name not in self._stats else self._stats[self._name] + g
-        return self.linear(x)
-
-
-def _submodule(root, dotted: str):
-    for part in dotted.split("."):
-        root = getattr(root, part)
-    return root
 
 
 def _prune_weight(w, gram, tokens, method, sparsity, nm, blocksize, damp):
@@ -113,32 +97,51 @@ def _prune_weight(w, gram, tokens, method, sparsity, nm, blocksize, damp):
     return jnp.where(keep, w, 0.0)
 
 
-def _relative_error(w, pruned, gram) -> float:
+@jax.jit
+def _relative_error(w, pruned, gram):
+    """w, pruned: (M, K) float32, gram: (K, K) -> () float32 tr(D G D^T) / tr(W G W^T), D = w - pruned."""
     d = w - pruned
     hp = jax.lax.Precision.HIGHEST
     num = jnp.sum(jnp.matmul(d, gram, precision=hp) * d)
     den = jnp.sum(jnp.matmul(w, gram, precision=hp) * w)
-    return float(num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny))
+    return num / jnp.maximum(den, jnp.finfo(jnp.float32).tiny)
+
+
+def _outlier_ratios(model, modules, hidden, masks, valids, m: float) -> list[float]:
+    """OWL's outlier ratio of every decoder layer, on the dense model (as the reference does): the inputs'
+    column norms and each layer's dense outputs come from one pass per layer."""
+    ratios = []
+    for i, layer in enumerate(model.layers):
+        norms, hidden = layer_norms(layer, _SUBLAYERS, hidden, masks, valids)
+        weights = [modules[("layers", i) + tuple(name.split("."))].kernel[...].T for name in _SUBLAYERS]
+        ratios.append(outlier_ratio(weights, [norms[name] for name in _SUBLAYERS], m))
+    return ratios
 
 
 def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "sparsegpt", nm=None,
                 attention_mask=None, blocksize: int = 128, damp: float = 0.01, encode: bool = True,
-                dtype=None, batch_size: int = 8, show_progress: bool | None = None) -> PruneReport:
+                dtype=None, batch_size: int = 8, owl=False, show_progress: bool | None = None) -> PruneReport:
     """Prune the decoder Linear layers of ``model`` (an OPTForCausalLM) in place, layer by layer.
 
     calib_ids: (S, T) int calibration sequences (T <= max_position_embeddings); attention_mask: (S, T) 0/1,
     padding excluded from the statistics. sparsity: fraction pruned per Linear; nm=(n, m) or "n:m" keeps n of
     every m inputs per row instead (sparsity may then be None). method: "sparsegpt" (blocksize, damp as in
     ``prune.sparsegpt``), "wanda" or "magnitude" (per layer, or per N:M group). batch_size: calibration
-    sequences per forward pass. encode: replace the pruned Linears by SparseLinear (``dtype`` float16 |
+    sequences per forward pass. owl: True or (M, lambda) (default (5, 0.08)) gives each decoder layer its
+    own sparsity by OWL (``prune.owl``; mean ``sparsity``, not with nm), from one extra dense pass over the
+    calibration data. encode: replace the pruned Linears by SparseLinear (``dtype`` float16 |
     bfloat16 storage, None: nn.sparsify's default; format "auto" where sparsify offers it); otherwise they
     stay dense nnx.Linear with zeros.
 
-    Returns a PruneReport (per layer: achieved sparsity and relative reconstruction error).
+    Returns a PruneReport (per layer: achieved sparsity and relative reconstruction error; with OWL the
+    outlier ratio and sparsity of each decoder layer).
     """
     if method not in CALIBRATED_METHODS:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(CALIBRATED_METHODS)}")
     sparsity = check_sparsity(sparsity, nm)
+    owl = parse_owl(owl)
+    if owl is not None and nm is not None:
+        raise ValueError("OWL gives each layer its own sparsity; an N:M pattern fixes it (use one of them)")
     nm = None if nm is None else parse_nm(nm)
     ids = jnp.asarray(calib_ids, jnp.int32)
     if ids.ndim != 2 or ids.shape[1] > model.config.max_position_embeddings:
@@ -154,6 +157,7 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
     # A decoder layer takes the additive score bias (B, 1, T, T) that OPT builds once per call.
     masks = [mask_bias(causal[None] & valid[b][:, None, :]) for b in batches]
     hidden = [model._embed(ids[b], positions[b]) for b in batches]
+    valids = [valid[b] for b in batches]
 
     reports = []
     modules = dict(nnx.iter_graph(model))
@@ -161,28 +165,33 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
             if p[:1] == ("layers",) and isinstance(m, _nn.SparseLinear)]
     if done:
         raise ValueError(f"the model is already sparse ({done[0]} is a SparseLinear); prune its dense original")
+    ratios, targets = None, [sparsity] * len(model.layers)
+    if owl is not None:
+        ratios = _outlier_ratios(model, modules, hidden, masks, valids, owl[0])
+        targets = [float(s) for s in owl_sparsities(ratios, sparsity, owl[1])]
+        logger.info("OWL (M=%g, lambda=%g): layer sparsities %s", *owl, ", ".join(f"{s:.3f}" for s in targets))
     for i, layer in enumerate(progress(model.layers, desc=f"pruning ({method})", total=len(model.layers),
                                        unit="layer", show=show_progress)):
-        stats, current = {}, [None]
+        started = time.perf_counter()
+        grams = jax.block_until_ready(layer_grams(layer, _SUBLAYERS, hidden, masks, valids))
+        calibrated = time.perf_counter()
         for name in _SUBLAYERS:
-            path = ("layers", i) + tuple(name.split("."))
-            _nn.set_submodule(model, path, _Recorder(modules[path], stats, name, current), modules)
-        for b, x, mask in zip(batches, hidden, masks):
-            current[0] = valid[b]
-            layer(x, mask)
-        for name in _SUBLAYERS:
-            path = ("layers", i) + tuple(name.split("."))
-            linear = modules[path]
-            _nn.set_submodule(model, path, linear, modules)
+            linear = modules[("layers", i) + tuple(name.split("."))]
             w = linear.kernel[...].astype(jnp.float32).T
-            pruned = _prune_weight(w, stats[name], tokens, method, sparsity, nm, blocksize, damp)
+            pruned = _prune_weight(w, grams[name], tokens, method, targets[i], nm, blocksize, damp)
             linear.kernel = nnx.Param(pruned.T.astype(linear.kernel[...].dtype))
             report = LayerPruneReport(f"layers.{i}.{name}", tuple(w.shape),
                                       float(jnp.mean(linear.kernel[...] == 0)),
-                                      _relative_error(w, pruned, stats[name]))
+                                      float(_relative_error(w, pruned, grams[name])))
             logger.info("%s: sparsity %.3f, relative error %.4g", report.name, report.sparsity, report.error)
             reports.append(report)
-        hidden = [layer(x, mask)[0] for x, mask in zip(hidden, masks)]
+        solved = time.perf_counter()
+        # The last layer's outputs feed nothing that is pruned.
+        if i + 1 < len(model.layers):
+            hidden = layer_outputs(layer, hidden, masks)
+            jax.block_until_ready(hidden)
+        logger.info("layer %d: calibration %.1f s, pruning %.1f s, pruned forward %.1f s", i,
+                    calibrated - started, solved - calibrated, time.perf_counter() - solved)
 
     encoded = None
     if encode:
@@ -190,4 +199,5 @@ def prune_model(model, calib_ids, sparsity: float | None, *, method: str = "spar
         kwargs = {"format": "auto"} if "format" in inspect.signature(_nn.sparsify).parameters else {}
         # sparsity 0: the zeros chosen above are the pruned positions; sparsify only encodes.
         encoded = _nn.sparsify(model, 0.0, include=lambda path: path in names, dtype=dtype, **kwargs)
-    return PruneReport(method, tuple(reports), encoded)
+    return PruneReport(method, tuple(reports), encoded, None if ratios is None else tuple(ratios),
+                       None if ratios is None else tuple(targets))

@@ -37,6 +37,62 @@ def hessian(x: jax.Array) -> jax.Array:
 _hessian = hessian  # sparsegpt's `hessian=` argument shadows the function's name
 
 
+# Diagonal block of the blocked factorisation. Through LAPACK (scipy's OpenBLAS) the K = 3072 factor took
+# 1.2-2.8 s on the 2 shared cores, its threads contending with XLA's; blocked, XLA's dot does the K^3 / 3
+# work and the 256-wide diagonal blocks are two short loops each: 0.2-0.5 s.
+_FACTOR_BLOCK = 256
+
+
+def _small_inverse_cholesky(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """a: (b, b) float32 symmetric positive definite -> (L, L^-1), a = L L^T, by column and row loops."""
+    b = a.shape[0]
+    idx = jnp.arange(b)
+
+    def column(j, carry):
+        a, lower = carry
+        d = jnp.sqrt(a[j, j])
+        below = jnp.where(idx > j, a[:, j] / d, 0.0)
+        a = a - below[:, None] * below[None, :]
+        return a, lower.at[:, j].set(jnp.where(idx == j, d, below))
+
+    _, lower = jax.lax.fori_loop(0, b, column, (a, jnp.zeros_like(a)))
+    eye = jnp.eye(b, dtype=a.dtype)
+
+    def row(i, inverse):
+        # Rows >= i of the inverse are still zero, so the whole row of L can be used.
+        return inverse.at[i].set((eye[i] - lower[i] @ inverse) / lower[i, i])
+
+    return lower, jax.lax.fori_loop(0, b, row, jnp.zeros_like(a))
+
+
+def _blocked_inverse_cholesky(a: jax.Array) -> jax.Array:
+    """a: (K, K) float32 symmetric positive definite -> L^-1 (K, K) lower triangular, a = L L^T.
+
+    Right-looking blocked Cholesky, then the inverse block row by block row (X_ii = L_ii^-1,
+    X_i,<i = -X_ii L_i,<i X_<i,<i). A non-positive pivot gives NaN (sparsegpt reports it).
+    """
+    k = a.shape[0]
+    edges = list(range(0, k, _FACTOR_BLOCK)) + [k]
+    hp = jax.lax.Precision.HIGHEST
+    panels, inverses = [], []
+    for a0, a1 in zip(edges[:-1], edges[1:]):
+        _, inv = _small_inverse_cholesky(a[a0:a1, a0:a1])
+        # The columns of L below this block, and the Schur complement left for the next blocks.
+        below = jnp.matmul(a[a1:, a0:a1], inv.T, precision=hp)
+        a = a.at[a1:, a1:].add(-jnp.matmul(below, below.T, precision=hp))
+        panels.append(below)
+        inverses.append(inv)
+    out = jnp.zeros_like(a)
+    for i, (a0, a1) in enumerate(zip(edges[:-1], edges[1:])):
+        out = out.at[a0:a1, a0:a1].set(inverses[i])
+        if i:
+            # L_i,<i, gathered from the panels of the blocks before i.
+            left = jnp.concatenate([panels[j][a0 - edges[j + 1]:a1 - edges[j + 1]] for j in range(i)], axis=1)
+            part = jnp.matmul(left, out[:a0, :a0], precision=hp)
+            out = out.at[a0:a1, :a0].set(-jnp.matmul(inverses[i], part, precision=hp))
+    return out
+
+
 def inverse_hessian_factor(h: jax.Array, damp: float) -> tuple[jax.Array, jax.Array]:
     """h: (K, K) float32 -> (U (K, K) upper triangular with U^T U = (H')^-1, dead (K,) bool), where H' is h
     with dead inputs' diagonal set to 1 and damp * mean(diag) added to the diagonal."""
@@ -48,9 +104,8 @@ def inverse_hessian_factor(h: jax.Array, damp: float) -> tuple[jax.Array, jax.Ar
     # The reference factors twice (H -> H^-1 -> chol). With J the order-reversing permutation and
     # J H J = L L^T, U = J L^-1 J is upper triangular and U^T U = J (J H J)^-1 J = H^-1: one Cholesky and one
     # triangular inverse, about half the flops at K = 4096.
-    lower = jax.scipy.linalg.cholesky(h[::-1, ::-1], lower=True)
-    inverse = jax.scipy.linalg.solve_triangular(lower, eye, lower=True)
-    return jnp.triu(inverse[::-1, ::-1]), dead
+    inverse = _blocked_inverse_cholesky(jax.lax.optimization_barrier(h)[::-1, ::-1])
+    return jnp.triu(jax.lax.optimization_barrier(inverse)[::-1, ::-1]), dead
 
 
 # The lazy update of a block touches every later column; running the blocks in a few segments, each on the
@@ -104,8 +159,9 @@ def _blocks(w, u, k, count, *, sparsity, nm, blocksize):
     return jax.lax.fori_loop(0, count, block, w)
 
 
-@functools.partial(jax.jit, static_argnames=("sparsity", "nm", "blocksize", "damp"))
-def _sparsegpt(w, h, *, sparsity, nm, blocksize, damp):
+# sparsity is traced: OWL gives every decoder layer its own, and one program per shape serves them all.
+@functools.partial(jax.jit, static_argnames=("nm", "blocksize", "damp"))
+def _sparsegpt(w, h, sparsity, *, nm, blocksize, damp):
     rows, k = w.shape
     u, dead = inverse_hessian_factor(h, damp)
     w = jnp.where(dead[None, :], 0.0, w.astype(jnp.float32))
@@ -154,7 +210,7 @@ def sparsegpt(w: jax.Array, x: jax.Array | None, sparsity: float | None, *, nm=N
         if k % nm[1] or blocksize % nm[1]:
             raise ValueError(f"{nm[0]}:{nm[1]} pruning needs m={nm[1]} to divide in_features {k} and "
                              f"blocksize {blocksize}")
-    out = _sparsegpt(w, h, sparsity=sparsity, nm=nm, blocksize=int(blocksize), damp=float(damp))
+    out = _sparsegpt(w, h, jnp.float32(sparsity), nm=nm, blocksize=int(blocksize), damp=float(damp))
     if not bool(jnp.all(jnp.isfinite(out))):
         raise ValueError("SparseGPT: the damped Hessian is not positive definite (non-finite update); "
                          f"raise damp (now {damp}) or use more calibration tokens")

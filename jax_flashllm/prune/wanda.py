@@ -24,8 +24,9 @@ def input_norms(x: jax.Array) -> jax.Array:
     return jnp.sqrt(jnp.sum(x * x, axis=0))
 
 
-@functools.partial(jax.jit, static_argnames=("prune", "nm"))
-def _mask(w, norms, *, prune, nm):
+# prune is traced: OWL gives every decoder layer its own count, and one program per shape serves them all.
+@functools.partial(jax.jit, static_argnames="nm")
+def _mask(w, norms, prune, *, nm):
     scores = jnp.abs(w.astype(jnp.float32)) * norms[None, :]
     return nm_mask(scores, nm) if nm is not None else keep_largest(scores, prune)
 
@@ -51,7 +52,7 @@ def wanda_mask(w: jax.Array, x: jax.Array | None, sparsity: float | None, *, nm=
     elif norms.shape != (w.shape[1],):
         raise ValueError(f"norms must be ({w.shape[1]},), got {norms.shape}")
     nm = None if nm is None else parse_nm(nm)
-    return _mask(jnp.asarray(w), jnp.asarray(norms, jnp.float32), prune=int(round(sparsity * w.shape[1])), nm=nm)
+    return _mask(jnp.asarray(w), jnp.asarray(norms, jnp.float32), jnp.int32(round(sparsity * w.shape[1])), nm=nm)
 
 
 def wanda(w: jax.Array, x: jax.Array | None, sparsity: float | None, *, nm=None,
