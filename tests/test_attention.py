@@ -128,7 +128,7 @@ def test_a_bias_shared_by_the_batch_broadcasts():
                                np.asarray(attention_reference(q, k, v, bias)), atol=1e-6)
 
 
-def test_a_nonfinite_value_in_a_skipped_slot_does_not_reach_the_output():
+def test_a_nonfinite_value_in_a_skipped_slot_does_not_reach_the_output(isa):
     # The one documented difference from the reference (whose weight 0 times inf is NaN): a slot masked for a
     # row that sees other keys is not read. With no visible key every slot is read, as the reference does.
     rng = np.random.default_rng(6)
