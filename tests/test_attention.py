@@ -129,8 +129,9 @@ def test_a_bias_shared_by_the_batch_broadcasts():
 
 
 def test_a_nonfinite_value_in_a_skipped_slot_does_not_reach_the_output(isa):
-    # The one documented difference from the reference (whose weight 0 times inf is NaN): a slot masked for a
-    # row that sees other keys is not read. With no visible key every slot is read, as the reference does.
+    # The one documented difference from the reference (whose weight 0 times inf is NaN): a slot whose whole
+    # aligned block is masked for a row that sees other keys is not read (slot 200: its 128-slot block, and so
+    # every variant's block, is masked). With no visible key every slot is read, as the reference does.
     rng = np.random.default_rng(6)
     q, k, v = inputs(rng, 1, 2, 1, 8, 256, np.dtype(np.float32))
     k[..., 200], v[:, :, 200] = np.inf, np.nan
@@ -140,6 +141,31 @@ def test_a_nonfinite_value_in_a_skipped_slot_does_not_reach_the_output(isa):
     assert np.isfinite(y[0, 0]).all() and np.isnan(y[0, 1]).all()
     k[..., 200], v[:, :, 200] = 0.0, 0.0
     np.testing.assert_allclose(y[0, 0], oracle(q, k, v, mask)[0, 0], atol=1e-5)
+    # A masked slot in an aligned 32-slot block the row partly sees is read on every variant (all their blocks
+    # are multiples of 32), as the reference reads it: NaN.
+    v[:, :, 100] = np.nan
+    y = np.asarray(run(q, k, v, mask))
+    assert np.isnan(y[0, 0]).all()
+
+
+def test_minus_inf_biases_are_masked_keys(isa):
+    # Two added mask biases overflow to -inf where both mask. Those keys are masked, not visible: a row of
+    # -inf and float32-minimum keys is the reference's average over the float32-minimum ones, and a row of -inf
+    # only is NaN in both.
+    rng = np.random.default_rng(7)
+    q, k, v = inputs(rng, 1, 3, 2, 8, 256, np.dtype(np.float32))
+    a = np.zeros((1, 3, 256), bool)
+    a[0, 0, :100] = True  # row 0: keys 0..99 visible
+    a[0, 1, 100:] = True  # row 1: keys 100.. visible in a, none in b
+    b = np.zeros((1, 3, 256), bool)
+    b[0, 0] = True
+    bias = mask_bias(jnp.asarray(a)) + mask_bias(jnp.asarray(b))
+    assert np.isneginf(np.asarray(bias)[0, 0, 1, :100]).all()
+    got = np.asarray(jax.jit(attention)(q, k, v, bias))
+    want = np.asarray(attention_reference(q, k, v, bias))
+    assert np.isnan(want[0, 2]).all()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(got[0, 1], np.asarray(v, np.float64)[0, :, 100:].mean(axis=1), rtol=1e-4, atol=1e-5)
 
 
 def test_gradients_are_the_references():

@@ -29,9 +29,10 @@ struct AttentionProblem {
 // Computes y with float32 scores, sums and accumulation; rows are shared over `num_workers` via
 // `schedule`. Semantics are those of jax_flashllm.attention.attention_reference, including a row whose
 // keys are all masked (every score the same finite minimum: the uniform average of v), with one
-// difference: keys whose bias is kMaskedBias in a row that sees some other key are skipped, not read,
-// so a non-finite value stored in such a slot does not reach the output (the reference's weight for it
-// is exp(-3.4e38) = 0, and 0 * inf = NaN).
+// difference: in a row that sees some key, a block of slots (kAttnVecs vectors: 32, 64 or 128 slots by
+// variant, aligned) whose biases are all <= kMaskedBias is skipped, not read, so a non-finite value stored
+// there does not reach the output (the reference's weight for it is exp(-3.4e38) = 0, and 0 * inf = NaN).
+// A masked slot in a block the row partly sees is read, as by the reference.
 void attention(const AttentionProblem& p, int64_t num_workers, const Scheduler& schedule);
 
 // Every instruction-set variant (isa_*.cc, cuda/cpu/attention_kernel.inc) implements one task: the
