@@ -54,8 +54,7 @@ ffi::Error FlashllmAttentionCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi:
                                 static_cast<const float*>(bias.untyped_data()), y->untyped_data(),
                                 qd[0], qd[1], qd[2], qd[3], k.dimensions()[3],
                                 bias.dimensions()[0] != qd[0], q_dtype, kv_dtype};
-  cpu::attention(p, std::max<int64_t>(1, pool.num_threads()),
-                 [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); });
+  cpu::attention(p, pool_workers(pool), pool_scheduler(pool));
   return ffi::Error::Success();
 }
 

@@ -36,9 +36,7 @@ ffi::Error FlashllmSpmmCpuImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyB
                      int(format)};
   if (std::string bad = cpu::check_problem(p); !bad.empty())
     return ffi::Error::InvalidArgument("flashllm_spmm_cpu: malformed SparseMatrix: " + bad);
-  const int64_t workers = std::max<int64_t>(1, pool.num_threads());
-  if (std::string bad = cpu::spmm(p, workers, [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); });
-      !bad.empty())
+  if (std::string bad = cpu::spmm(p, pool_workers(pool), pool_scheduler(pool)); !bad.empty())
     return ffi::Error::InvalidArgument("flashllm_spmm_cpu: malformed SparseMatrix: " + bad);
   return ffi::Error::Success();
 }
